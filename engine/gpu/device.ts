@@ -1,0 +1,188 @@
+/**
+ * The WebGPU device: adapter selection, limits, one pipeline cache keyed by
+ * (kernel, override constants), and buffer helpers.
+ *
+ * @module
+ */
+
+/** Options for {@linkcode openGpu}. */
+export interface GpuOptions {
+  /** Ask for a high-performance adapter (default true). */
+  readonly highPerformance?: boolean;
+}
+
+/** A kernel: its WGSL source and a short name for labels and cache keys. */
+export interface Kernel {
+  readonly name: string;
+  readonly source: string;
+}
+
+/** Thrown when no usable WebGPU adapter exists. */
+export class NoGpuError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NoGpuError";
+  }
+}
+
+/** The opened device, its limits, and the pipeline cache. */
+export class Gpu {
+  readonly #modules = new Map<string, GPUShaderModule>();
+  readonly #pipelines = new Map<string, GPUComputePipeline>();
+
+  private constructor(
+    readonly adapter: GPUAdapter,
+    readonly device: GPUDevice,
+    readonly description: string,
+  ) {}
+
+  /** The largest buffer a single storage binding may cover. */
+  get maxBinding(): number {
+    return this.device.limits.maxStorageBufferBindingSize;
+  }
+
+  /** Opens the default adapter with the largest limits it offers. */
+  static async open(options: GpuOptions = {}): Promise<Gpu> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+      throw new NoGpuError(
+        "WebGPU is not available in this runtime: run with Deno 2.x (`deno run -A cli.ts ...`).",
+      );
+    }
+    const adapter = await navigator.gpu.requestAdapter({
+      powerPreference: options.highPerformance === false ? "low-power" : "high-performance",
+    });
+    if (!adapter) {
+      throw new NoGpuError(
+        "No WebGPU adapter found. Install a GPU driver, or on Linux without a GPU install " +
+          "Mesa's software drivers (`apt-get install mesa-vulkan-drivers`).",
+      );
+    }
+    const l = adapter.limits;
+    const device = await adapter.requestDevice({
+      requiredLimits: {
+        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+        maxBufferSize: l.maxBufferSize,
+        maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+        maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+        maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      },
+    });
+    const info = adapter.info;
+    const description = info.description || `${info.vendor} ${info.architecture}`.trim() ||
+      "unknown adapter";
+    return new Gpu(adapter, device, description);
+  }
+
+  /** Returns the cached pipeline for a kernel specialised by override constants. */
+  pipeline(kernel: Kernel, constants: Readonly<Record<string, number>> = {}): GPUComputePipeline {
+    const key = `${kernel.name}|${JSON.stringify(constants)}`;
+    let pipeline = this.#pipelines.get(key);
+    if (pipeline) return pipeline;
+    let module = this.#modules.get(kernel.name);
+    if (!module) {
+      module = this.device.createShaderModule({ label: kernel.name, code: kernel.source });
+      this.#modules.set(kernel.name, module);
+    }
+    pipeline = this.device.createComputePipeline({
+      label: key,
+      layout: "auto",
+      compute: { module, entryPoint: "main", constants: { ...constants } },
+    });
+    this.#pipelines.set(key, pipeline);
+    return pipeline;
+  }
+
+  /** Creates a bind group for a pipeline from buffers in binding order. */
+  bindGroup(
+    pipeline: GPUComputePipeline,
+    buffers: readonly (GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number })[],
+  ): GPUBindGroup {
+    return this.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.map((b, binding) => ({
+        binding,
+        resource: "offset" in b || !("usage" in b) ? b as GPUBufferBinding : { buffer: b },
+      })),
+    });
+  }
+
+  /** A storage buffer (rounded up to 16 bytes) that can be copied to and from. */
+  storage(label: string, bytes: number): GPUBuffer {
+    return this.device.createBuffer({
+      label,
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+    });
+  }
+
+  /** A uniform buffer (rounded up to 16 bytes). */
+  uniform(label: string, bytes: number): GPUBuffer {
+    return this.device.createBuffer({
+      label,
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /** A buffer the host can map for reading. */
+  readback(label: string, bytes: number): GPUBuffer {
+    return this.device.createBuffer({
+      label,
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /** Creates a storage buffer holding `data` (padded to 16 bytes). */
+  upload(label: string, data: ArrayBufferView): GPUBuffer {
+    const buffer = this.storage(label, data.byteLength);
+    this.write(buffer, data);
+    return buffer;
+  }
+
+  /** Writes `data` at `offset`, padding the tail so the size is a multiple of 4. */
+  write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    const whole = bytes.byteLength & ~3;
+    if (whole > 0) this.device.queue.writeBuffer(buffer, offset, bytes, 0, whole);
+    if (whole < bytes.byteLength) {
+      const tail = new Uint8Array(4);
+      tail.set(bytes.subarray(whole));
+      this.device.queue.writeBuffer(buffer, offset + whole, tail);
+    }
+  }
+
+  /** Copies `bytes` from a GPU buffer to the host (one submit and map). */
+  async read(buffer: GPUBuffer, bytes: number, offset = 0): Promise<ArrayBuffer> {
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.readback("read", size);
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.device.queue.submit([encoder.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /** Runs `fn` inside validation and out-of-memory error scopes and throws what they caught. */
+  async checked<T>(what: string, fn: () => T): Promise<T> {
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    const result = fn();
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    if (oom) throw new Error(`${what}: the GPU is out of memory (${oom.message})`);
+    if (validation) throw new Error(`${what}: WebGPU validation failed: ${validation.message}`);
+    return result;
+  }
+
+  /** Releases the device. */
+  destroy(): void {
+    this.device.destroy();
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * The types shared by the engine's parts: what a request asks for, what a
+ * sequence carries through the scheduler, and what comes back.
+ *
+ * @module
+ */
+
+/** Per-request sampling options, already validated and filled with defaults. */
+export interface SamplingParams {
+  /** 0 means greedy (argmax). */
+  readonly temperature: number;
+  /** 1 disables nucleus sampling. */
+  readonly topP: number;
+  /** 0 (or ≥ vocab) disables top-k. */
+  readonly topK: number;
+  /** 0 disables min-p. */
+  readonly minP: number;
+  /** Random seed; the engine draws one when a request gives none. */
+  readonly seed?: number;
+  /** Most tokens to generate (already capped by the context length). */
+  readonly maxTokens: number;
+  /** End-of-sequence ids are ignored until this many tokens were generated. */
+  readonly minTokens: number;
+  /** Stop strings: generation ends when the text contains one; it is cut from the text. */
+  readonly stop: readonly string[];
+  /** Extra token ids that end generation (the model's eos ids are added by the engine). */
+  readonly stopTokenIds: readonly number[];
+  /** Keep generating past end-of-sequence ids. */
+  readonly ignoreEos: boolean;
+  readonly presencePenalty: number;
+  readonly frequencyPenalty: number;
+  /** 1 disables it. Applied over prompt and output tokens, as vLLM does. */
+  readonly repetitionPenalty: number;
+  /** token id → bias added to its logit. */
+  readonly logitBias: ReadonlyMap<number, number>;
+  /** Return the chosen token's log-probability. */
+  readonly logprobs: boolean;
+  /** How many alternatives to return with each chosen token (0..20). */
+  readonly topLogprobs: number;
+}
+
+/** Defaults a request starts from before generation_config.json and the body apply. */
+export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({
+  temperature: 1,
+  topP: 1,
+  topK: 0,
+  minP: 0,
+  maxTokens: 16,
+  minTokens: 0,
+  stop: [],
+  stopTokenIds: [],
+  ignoreEos: false,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  repetitionPenalty: 1,
+  logitBias: new Map(),
+  logprobs: false,
+  topLogprobs: 0,
+});
+
+/** What the engine is asked to do for one sequence. */
+export interface GenerateRequest {
+  /** Unique within the engine. */
+  readonly id: string;
+  readonly promptIds: readonly number[];
+  readonly sampling: SamplingParams;
+}
+
+/** One alternative token with its log-probability. */
+export interface TokenLogprob {
+  readonly tokenId: number;
+  readonly logprob: number;
+}
+
+/** The chosen token's log-probability and the top alternatives at that step. */
+export interface StepLogprobs {
+  readonly tokenId: number;
+  readonly logprob: number;
+  readonly top: readonly TokenLogprob[];
+}
+
+export type FinishReason = "stop" | "length";
+
+/** What the engine gives back for one finished sequence. */
+export interface GenerateResult {
+  readonly id: string;
+  /** Generated ids, without a final end-of-sequence id and without stop-string tokens cut. */
+  readonly tokenIds: readonly number[];
+  /** Decoded text with the stop string (and what followed it) removed. */
+  readonly text: string;
+  readonly finishReason: FinishReason;
+  readonly promptTokens: number;
+  /** Prompt tokens served from the prefix cache. */
+  readonly cachedTokens: number;
+  /** One entry per generated token when logprobs were asked for. */
+  readonly logprobs?: readonly StepLogprobs[];
+}
+
+/** What the engine is asked for an embedding. */
+export interface EmbedRequest {
+  readonly id: string;
+  readonly promptIds: readonly number[];
+}
+
+export interface EmbedResult {
+  readonly id: string;
+  readonly embedding: Float32Array;
+  readonly promptTokens: number;
+}
+
+/** An error a request can get that is its own fault (HTTP 400-like). */
+export class RequestError extends Error {
+  constructor(
+    message: string,
+    readonly status = 400,
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    readonly type = "invalid_request_error",
+  ) {
+    super(message);
+    this.name = "RequestError";
+  }
+}

@@ -1,0 +1,58 @@
+// Interleaved (GPT-J style) rotary embedding on q and k of each token, in
+// place, then the token's k and v appended to the paged KV cache at its slot.
+//   out[2i] = x[2i]·cos − x[2i+1]·sin;  out[2i+1] = x[2i+1]·cos + x[2i]·sin
+//   angle = (position · POS_SCALE) · inv_freq[i], reduced to [−π, π] before sin/cos.
+
+override HQ: u32;          // query heads
+override HKV: u32;         // key/value heads
+override D: u32;           // head dim
+override POS_SCALE: f32 = 1.0;  // 1 / compression_ratio
+
+const TWO_PI_HI = 6.28125;
+const TWO_PI_LO = 0.0019353071795864769;
+const INV_TWO_PI = 0.15915494309189535;
+
+struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;     // (T, (HQ + 2·HKV)·D)
+@group(0) @binding(2) var<storage, read> positions: array<u32>;     // (T)
+@group(0) @binding(3) var<storage, read> slots: array<u32>;         // (T) cache slot per token
+@group(0) @binding(4) var<storage, read> inv_freq: array<f32>;      // (D / 2)
+@group(0) @binding(5) var<storage, read_write> k_cache: array<f32>; // (slots, HKV, D)
+@group(0) @binding(6) var<storage, read_write> v_cache: array<f32>; // (slots, HKV, D)
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = wid.x;
+  if (t >= step.num_tokens) { return; }
+  let width = (HQ + 2u * HKV) * D;
+  let row = t * width;
+  let pos = f32(positions[t]) * POS_SCALE;
+  let slot = slots[t];
+  let half = D / 2u;
+  for (var p = lid.x; p < (HQ + HKV) * half; p += 64u) {
+    let head = p / half;
+    let i = p % half;
+    let angle = pos * inv_freq[i];
+    let n = round(angle * INV_TWO_PI);
+    let r = (angle - n * TWO_PI_HI) - n * TWO_PI_LO;
+    let c = cos(r);
+    let s = sin(r);
+    let base = row + head * D + 2u * i;
+    let x0 = qkv[base];
+    let x1 = qkv[base + 1u];
+    let o0 = x0 * c - x1 * s;
+    let o1 = x1 * c + x0 * s;
+    qkv[base] = o0;
+    qkv[base + 1u] = o1;
+    if (head >= HQ) {
+      let dst = (slot * HKV + head - HQ) * D + 2u * i;
+      k_cache[dst] = o0;
+      k_cache[dst + 1u] = o1;
+    }
+  }
+  for (var e = lid.x; e < HKV * D; e += 64u) {
+    v_cache[slot * HKV * D + e] = qkv[row + (HQ + HKV) * D + e];
+  }
+}
