@@ -5,7 +5,7 @@ override VALID: u32;    // real vocabulary size
 override STRIDE: u32;   // row length of logits
 const WG = 256u;
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;     // (R, STRIDE)
@@ -17,7 +17,7 @@ var<workgroup> best_i: array<u32, WG>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let r = wid.x;
-  if (r >= step.num_rows) { return; }
+  if (r >= step.num_logit_rows) { return; }
   var bv = -3.0e38;
   var bi = 0xffffffffu;
   for (var i = lid.x; i < VALID; i += WG) {

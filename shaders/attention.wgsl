@@ -14,7 +14,7 @@ const C = 64u;             // keys per chunk = invocations per workgroup
 const DPT = 4u;            // output dims per invocation (D ≤ C · DPT)
 const NEG = -3.0e38;
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;          // (T, (HQ + 2·HKV)·D)

@@ -6,7 +6,7 @@ override ROW_START: u32;   // first vocabulary row held by this shard
 override ROWS: u32;        // rows held by this shard
 override BF16: bool;       // table holds bf16 pairs (else f32 bits)
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;        // (T)

@@ -9,7 +9,7 @@ override N_TOTAL: u32;       // row stride of y
 override COL_OFFSET: u32;    // first column of y this shard writes
 override BF16: bool;         // W holds bf16 pairs (else f32 bits)
 override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
-override M_FROM_ROWS: bool;  // M is step.num_rows (logits rows) instead of step.num_tokens
+override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
 
 const TM = 4u;
 const TN = 4u;
@@ -17,7 +17,7 @@ const BM = 64u;
 const BN = 64u;
 const BK = 16u;
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // (M, K)
@@ -37,7 +37,7 @@ fn weight(e: u32) -> f32 {
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let M = select(step.num_tokens, step.num_rows, M_FROM_ROWS);
+  let M = select(step.num_tokens, step.num_logit_rows, M_FROM_ROWS);
   let row0 = wid.y * BM;
   let col0 = wid.x * BN;
   if (row0 >= M) { return; }

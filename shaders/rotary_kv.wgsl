@@ -12,7 +12,7 @@ const TWO_PI_HI = 6.28125;
 const TWO_PI_LO = 0.0019353071795864769;
 const INV_TWO_PI = 0.15915494309189535;
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;     // (T, (HQ + 2·HKV)·D)

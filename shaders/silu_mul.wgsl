@@ -2,7 +2,7 @@
 
 override I: u32;  // intermediate size
 
-struct Step { num_tokens: u32, num_rows: u32, pad0: u32, pad1: u32 }
+struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<storage, read> gate_up: array<f32>;   // (T, 2·I): gate | up

@@ -29,8 +29,10 @@ const KERNELS = {
 export interface StepShape {
   /** Tokens computed in this step (T). */
   readonly numTokens: number;
-  /** Rows that get logits (R). */
+  /** Rows that get the final norm (R): logit rows first, then hidden-only rows. */
   readonly numRows: number;
+  /** The first rows that also get logits (L ≤ R). */
+  readonly numLogitRows: number;
 }
 
 /** One recorded kernel launch, reusable across steps. */
@@ -53,7 +55,7 @@ export interface ShardedWeight {
   }[];
 }
 
-/** Bytes of the uniform all dispatches of a step share: {num_tokens, num_rows, 0, 0}. */
+/** Bytes of the uniform all dispatches of a step share: {num_tokens, num_rows, num_logit_rows, 0}. */
 export const STEP_UNIFORM_BYTES = 16;
 
 const ceil = (a: number, b: number) => Math.ceil(a / b);
@@ -127,7 +129,9 @@ export function matmul(
       label: "matmul",
       pipeline,
       bindGroup: gpu.bindGroup(pipeline, [step, x, shard.buffer, y]),
-      workgroups: (s) => [ceil(shard.rows, 64), ceil(o.mFromRows ? s.numRows : s.numTokens, 64), 1],
+      workgroups: (
+        s,
+      ) => [ceil(shard.rows, 64), ceil(o.mFromRows ? s.numLogitRows : s.numTokens, 64), 1],
     };
   });
 }
@@ -239,7 +243,7 @@ export function argmax(
     label: "argmax",
     pipeline,
     bindGroup: gpu.bindGroup(pipeline, [step, logits, ids]),
-    workgroups: (s) => [s.numRows, 1, 1],
+    workgroups: (s) => [s.numLogitRows, 1, 1],
   };
 }
 

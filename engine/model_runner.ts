@@ -1,0 +1,267 @@
+/**
+ * One engine step on the GPU: gather the scheduled tokens' ids, positions,
+ * cache slots and block tables, encode the whole forward pass into one command
+ * buffer, submit once, and read back once (sampled ids, logits rows, or
+ * hidden rows).
+ *
+ * @module
+ */
+import type { Gpu } from "./gpu/device.ts";
+import { encode, STEP_UNIFORM_BYTES } from "./gpu/kernels.ts";
+import {
+  type ForwardPlan,
+  type ModelShape,
+  type ModelWeights,
+  planForward,
+  ropeInvFreq,
+  type StepBuffers,
+  uploadWeights,
+  type WeightSource,
+} from "./model.ts";
+
+/** Capacities fixed when the runner is created; nothing is allocated per step. */
+export interface RunnerOptions {
+  /** Most tokens computed in one step (T). */
+  readonly maxNumBatchedTokens: number;
+  /** Most sequences in one step (S). */
+  readonly maxNumSeqs: number;
+  /** KV blocks in the pool, and tokens per block. */
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  /** Block-table row length: ceil(maxModelLen / blockSize). */
+  readonly maxBlocksPerSeq: number;
+  /** Logits at ids ≥ this are padding and never chosen by argmax. */
+  readonly validVocab: number;
+}
+
+/** One sequence's share of a step. */
+export interface StepSeq {
+  /** The ids computed in this step, at positions start, start+1, ... */
+  readonly tokens: ArrayLike<number>;
+  readonly start: number;
+  /** Physical KV blocks; must cover positions up to start + tokens.length − 1. */
+  readonly blockTable: readonly number[];
+  /**
+   * What the step returns for this sequence: nothing; the next token (logits or
+   * argmax of the last position); or final-normed hidden states of the last or
+   * of every position (embeddings).
+   */
+  readonly output: "none" | "sample" | "hidden-last" | "hidden-all";
+}
+
+/** What a step returns, in the order of the step's sequences. */
+export interface StepResult {
+  /** Sample rows (one per "sample" sequence): argmax ids when logits were not asked for. */
+  readonly ids?: Uint32Array;
+  /** Sample rows' logits: (sampleRows, vocab). */
+  readonly logits?: Float32Array;
+  /** Hidden rows (one per "hidden-last", one per token of "hidden-all"): (rows, hidden). */
+  readonly hidden?: Float32Array;
+}
+
+/** The model on the GPU with its step buffers and KV pool. */
+export class ModelRunner {
+  readonly #staging: GPUBuffer;
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly shape: ModelShape,
+    readonly options: RunnerOptions,
+    readonly weights: ModelWeights,
+    readonly buffers: StepBuffers,
+    readonly plan: ForwardPlan,
+    /** Most rows with logits in one step. */
+    readonly maxLogitRows: number,
+    readonly maxRows: number,
+    /** Bytes of the KV pool. */
+    readonly kvBytes: number,
+  ) {
+    const bytes = maxLogitRows * shape.vocabSize * 4 + maxRows * shape.hiddenSize * 4;
+    this.#staging = gpu.readback("staging", bytes);
+  }
+
+  /** Uploads the weights and allocates every buffer a step needs. */
+  static async create(
+    gpu: Gpu,
+    shape: ModelShape,
+    source: WeightSource,
+    o: RunnerOptions,
+  ): Promise<ModelRunner> {
+    const weights = await uploadWeights(gpu, shape, source);
+    const {
+      hiddenSize: H,
+      intermediateSize: I,
+      numHeads: HQ,
+      numKvHeads: HKV,
+      headDim: D,
+      vocabSize: V,
+    } = shape;
+    const T = o.maxNumBatchedTokens;
+    const maxRows = Math.max(o.maxNumSeqs, T);
+    const maxLogitRows = Math.min(o.maxNumSeqs, Math.floor(gpu.maxBinding / (V * 4)));
+    if (maxLogitRows < 1) throw new Error(`vocab ${V} is too large for one storage binding`);
+    const slotBytes = o.numBlocks * o.blockSize * HKV * D * 4;
+    const f32 = (label: string, n: number) => gpu.storage(label, n * 4);
+    const checkBinding = (what: string, bytes: number) => {
+      if (bytes > gpu.maxBinding) {
+        throw new Error(
+          `${what} needs ${bytes} bytes, more than one storage binding allows (${gpu.maxBinding}); ` +
+            `lower --max-num-batched-tokens or the KV cache size`,
+        );
+      }
+    };
+    checkBinding("The KV cache of one layer", slotBytes);
+    checkBinding("The MLP activations", T * 2 * I * 4);
+    const buffers: StepBuffers = {
+      step: gpu.uniform("step", STEP_UNIFORM_BYTES),
+      ids: f32("ids", T),
+      positions: f32("positions", T),
+      slots: f32("slots", T),
+      seqOf: f32("seq_of", T),
+      blockTable: f32("block_table", o.maxNumSeqs * o.maxBlocksPerSeq),
+      rows: f32("rows", maxRows),
+      invFreq: gpu.upload("inv_freq", ropeInvFreq(shape)),
+      hidden: f32("hidden", T * H),
+      normed: f32("normed", T * H),
+      qkv: f32("qkv", T * (HQ + 2 * HKV) * D),
+      attn: f32("attn", T * HQ * D),
+      gateUp: f32("gate_up", T * 2 * I),
+      act: f32("act", T * I),
+      final: f32("final", maxRows * H),
+      logits: f32("logits", maxLogitRows * V),
+      sampled: f32("sampled", maxRows),
+      kCache: Array.from(
+        { length: shape.numLayers },
+        (_, i) => gpu.storage(`k_cache.${i}`, slotBytes),
+      ),
+      vCache: Array.from(
+        { length: shape.numLayers },
+        (_, i) => gpu.storage(`v_cache.${i}`, slotBytes),
+      ),
+    };
+    const plan = await gpu.checked(
+      "Building the forward pass",
+      () =>
+        planForward(gpu, shape, weights, buffers, {
+          blockSize: o.blockSize,
+          maxBlocks: o.maxBlocksPerSeq,
+          validVocab: o.validVocab,
+        }),
+    );
+    return new ModelRunner(
+      gpu,
+      shape,
+      o,
+      weights,
+      buffers,
+      plan,
+      maxLogitRows,
+      maxRows,
+      2 * slotBytes * shape.numLayers,
+    );
+  }
+
+  /**
+   * Runs one forward step over the scheduled sequences. Sample rows get argmax
+   * ids, or their full logits when `wantLogits` (for the CPU sampler).
+   */
+  async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
+    const o = this.options;
+    const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
+    if (T > o.maxNumBatchedTokens) {
+      throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
+    }
+    if (seqs.length > o.maxNumSeqs) {
+      throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
+    }
+    const ids = new Uint32Array(T);
+    const positions = new Uint32Array(T);
+    const slots = new Uint32Array(T);
+    const seqOf = new Uint32Array(T);
+    const table = new Uint32Array(seqs.length * o.maxBlocksPerSeq);
+    const sampleRows: number[] = [];
+    const hiddenRows: number[] = [];
+    let t = 0;
+    seqs.forEach((s, si) => {
+      if (s.blockTable.length > o.maxBlocksPerSeq) {
+        throw new Error("block table longer than maxBlocksPerSeq");
+      }
+      table.set(s.blockTable, si * o.maxBlocksPerSeq);
+      const n = s.tokens.length;
+      for (let i = 0; i < n; i++, t++) {
+        const pos = s.start + i;
+        const block = s.blockTable[Math.floor(pos / o.blockSize)];
+        if (block === undefined) throw new Error(`no KV block for position ${pos}`);
+        ids[t] = s.tokens[i]!;
+        positions[t] = pos;
+        slots[t] = block * o.blockSize + (pos % o.blockSize);
+        seqOf[t] = si;
+        const last = i === n - 1;
+        if (s.output === "sample" && last) sampleRows.push(t);
+        if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
+      }
+    });
+    const L = sampleRows.length;
+    const R = L + hiddenRows.length;
+    if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
+    if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
+    const b = this.buffers;
+    const gpu = this.gpu;
+    gpu.write(b.step, new Uint32Array([T, R, L, 0]));
+    gpu.write(b.ids, ids);
+    gpu.write(b.positions, positions);
+    gpu.write(b.slots, slots);
+    gpu.write(b.seqOf, seqOf);
+    gpu.write(b.blockTable, table);
+    gpu.write(b.rows, Uint32Array.from([...sampleRows, ...hiddenRows]));
+
+    const shape = { numTokens: T, numRows: R, numLogitRows: L };
+    const encoder = gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    encode(pass, this.plan.body, shape);
+    encode(pass, this.plan.logits, shape);
+    if (!wantLogits) encode(pass, this.plan.argmax, shape);
+    pass.end();
+    const { vocabSize: V, hiddenSize: H } = this.shape;
+    const sampleBytes = L * (wantLogits ? V : 1) * 4;
+    const hiddenBytes = (R - L) * H * 4;
+    if (sampleBytes > 0) {
+      encoder.copyBufferToBuffer(
+        wantLogits ? b.logits : b.sampled,
+        0,
+        this.#staging,
+        0,
+        sampleBytes,
+      );
+    }
+    if (hiddenBytes > 0) {
+      encoder.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
+    }
+    gpu.device.queue.submit([encoder.finish()]);
+    const bytes = sampleBytes + hiddenBytes;
+    if (bytes === 0) {
+      await gpu.device.queue.onSubmittedWorkDone();
+      return {};
+    }
+    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    const copy = this.#staging.getMappedRange(0, bytes).slice(0);
+    this.#staging.unmap();
+    return {
+      ids: L > 0 && !wantLogits ? new Uint32Array(copy, 0, L) : undefined,
+      logits: L > 0 && wantLogits ? new Float32Array(copy, 0, L * V) : undefined,
+      hidden: hiddenBytes > 0 ? new Float32Array(copy, sampleBytes, (R - L) * H) : undefined,
+    };
+  }
+
+  /** Frees the GPU buffers (weights, KV pool, step buffers). */
+  destroy(): void {
+    const w = this.weights;
+    const shards = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])];
+    for (const s of shards) for (const x of s.shards) x.buffer.destroy();
+    for (const v of Object.values(this.buffers)) {
+      if (Array.isArray(v)) v.forEach((x) => x.destroy());
+      else (v as GPUBuffer).destroy();
+    }
+    this.#staging.destroy();
+  }
+}
