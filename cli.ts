@@ -1,0 +1,376 @@
+/**
+ * The command line: `deno run -A cli.ts run-batch --model DIR -i IN -o OUT`.
+ * Flags and environment variables are read here and nowhere else; everything
+ * below takes options objects.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { Engine, type EngineOptions } from "./engine/engine.ts";
+import { ApiBackend } from "./api/backend.ts";
+import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
+
+type FlagType = "string" | "boolean";
+
+interface Flag {
+  readonly name: string;
+  readonly short?: string;
+  readonly type: FlagType;
+  readonly value?: string;
+  readonly default?: string;
+  readonly help: string;
+}
+
+const FLAGS: readonly Flag[] = [
+  {
+    name: "model",
+    type: "string",
+    value: "DIR",
+    help: "model directory (config.json, model.safetensors, tokenizer files); required",
+  },
+  {
+    name: "input-file",
+    short: "i",
+    type: "string",
+    value: "PATH|URL|-",
+    help:
+      "batch input: a JSONL path, an http(s) URL, or - for stdin (.gz is decompressed); required",
+  },
+  {
+    name: "output-file",
+    short: "o",
+    type: "string",
+    value: "PATH|URL|-",
+    help:
+      "batch output: a JSONL path, an http(s) URL (uploaded with PUT at the end), or - for stdout; required",
+  },
+  {
+    name: "error-file",
+    type: "string",
+    value: "PATH",
+    help: "write failed requests here instead of the output (OpenAI style)",
+  },
+  {
+    name: "output-tmp-dir",
+    type: "string",
+    value: "DIR",
+    help: "where the output waits before being renamed or uploaded",
+    default: "beside the output",
+  },
+  {
+    name: "order",
+    type: "string",
+    value: "completion|input",
+    default: "completion",
+    help: "write answers as they finish, or in input order",
+  },
+  {
+    name: "resume",
+    type: "boolean",
+    default: "false",
+    help:
+      "keep the answers an earlier (interrupted) run wrote and run only the rest; after Ctrl-C, rerun the same command with --resume",
+  },
+  { name: "overwrite", type: "boolean", default: "false", help: "replace an existing output file" },
+  {
+    name: "validate-only",
+    type: "boolean",
+    default: "false",
+    help:
+      "check every line (JSON, schema, duplicate custom_id, url, method) and exit without loading the model",
+  },
+  {
+    name: "on-invalid",
+    type: "string",
+    value: "error-line|skip|abort",
+    default: "error-line",
+    help: "what an invalid input line does",
+  },
+  {
+    name: "max-concurrency",
+    type: "string",
+    value: "N",
+    default: "1024",
+    help: "requests in flight at once (the engine batches them; bounds memory)",
+  },
+  {
+    name: "request-timeout",
+    type: "string",
+    value: "SECONDS",
+    help: "a request still running after this gets request_timeout",
+  },
+  {
+    name: "deadline",
+    type: "string",
+    value: "SECONDS",
+    help: "the whole batch's time limit: what has not finished gets batch_expired",
+  },
+  {
+    name: "summary-file",
+    type: "string",
+    value: "PATH",
+    help: "write an OpenAI-style batch object (request_counts, usage) as JSON",
+  },
+  { name: "quiet", short: "q", type: "boolean", default: "false", help: "no progress output" },
+  {
+    name: "served-model-name",
+    type: "string",
+    value: "NAME",
+    default: "the model directory's name",
+    help: 'the name a request\'s "model" must match',
+  },
+  {
+    name: "max-num-seqs",
+    type: "string",
+    value: "N",
+    default: "64",
+    help: "most sequences in one engine step",
+  },
+  {
+    name: "max-num-batched-tokens",
+    type: "string",
+    value: "N",
+    default: "512",
+    help: "token budget of one engine step (long prompts are prefilled in chunks)",
+  },
+  {
+    name: "block-size",
+    type: "string",
+    value: "N",
+    default: "16",
+    help: "tokens per KV cache block",
+  },
+  {
+    name: "kv-cache-memory",
+    type: "string",
+    value: "BYTES",
+    default: "2GiB",
+    help: "KV cache pool size, e.g. 512MiB or 4GiB",
+  },
+  {
+    name: "max-model-len",
+    type: "string",
+    value: "N",
+    default: "max_position_embeddings",
+    help: "context length (prompt + output)",
+  },
+  {
+    name: "no-enable-prefix-caching",
+    type: "boolean",
+    default: "false",
+    help: "do not share KV blocks between prompts with a common prefix",
+  },
+  {
+    name: "pooling",
+    type: "string",
+    value: "last|mean",
+    default: "last",
+    help: "embedding pooling over the final hidden states",
+  },
+  { name: "help", short: "h", type: "boolean", help: "print this help" },
+];
+
+/** The usage text, every flag with its default. */
+export function usage(): string {
+  const lines = [
+    "batchwright: batch inference for ERNIE-4.5 on WebGPU",
+    "",
+    "Usage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT [options]",
+    "",
+    "Options:",
+  ];
+  for (const f of FLAGS) {
+    const names = `${f.short ? `-${f.short}, ` : "    "}--${f.name}${f.value ? ` ${f.value}` : ""}`;
+    const def = f.default !== undefined ? ` (default: ${f.default})` : "";
+    lines.push(`  ${names.padEnd(42)} ${f.help}${def}`);
+  }
+  lines.push(
+    "",
+    "Exit status: 0 when every request was answered (errors included), 1 when the run failed,",
+    "was cancelled or expired, 2 for a usage error. On SIGINT/SIGTERM the run stops taking work,",
+    "writes batch_cancelled lines for what never ran, and exits 130; --resume picks up from there.",
+  );
+  return lines.join("\n");
+}
+
+/** A usage error: printed with a hint, exit status 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** Parses "512MiB", "2GiB", "1e9", "300MB" into bytes. */
+export function parseBytes(text: string, flag: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(text);
+  if (!m) throw new UsageError(`--${flag} must be a size like 512MiB or 2GiB, got "${text}"`);
+  const unit = (m[2] ?? "b").toLowerCase();
+  const power = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as "b"] ?? 0;
+  const base = unit.includes("i") || unit.length === 1 && unit !== "b" ? 1024 : 1000;
+  return Math.floor(Number(m[1]) * base ** power);
+}
+
+function positiveInt(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new UsageError(`--${flag} must be a positive integer, got "${text}"`);
+  }
+  return n;
+}
+
+function seconds(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!(n > 0)) {
+    throw new UsageError(`--${flag} must be a positive number of seconds, got "${text}"`);
+  }
+  return n * 1000;
+}
+
+function oneOf<T extends string>(
+  text: string | undefined,
+  flag: string,
+  allowed: readonly T[],
+): T | undefined {
+  if (text === undefined) return undefined;
+  if (!allowed.includes(text as T)) {
+    throw new UsageError(`--${flag} must be one of ${allowed.join(", ")}, got "${text}"`);
+  }
+  return text as T;
+}
+
+/** What `run-batch` was asked to do. */
+export interface RunBatchCommand {
+  readonly modelDir: string;
+  readonly engine: EngineOptions;
+  readonly batch: Omit<RunBatchOptions, "backend">;
+}
+
+/** Turns `run-batch` arguments into options; throws UsageError. */
+export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help" {
+  const options = Object.fromEntries(
+    FLAGS.map((f) => [f.name, { type: f.type, ...(f.short ? { short: f.short } : {}) }]),
+  );
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new UsageError(
+      (e as Error).message.replace(/\. To specify a positional argument.*$/s, ""),
+    );
+  }
+  if (values.help) return "help";
+  const str = (name: string) => values[name] as string | undefined;
+  for (const required of ["model", "input-file", "output-file"]) {
+    if (!str(required)) throw new UsageError(`missing required flag --${required}`);
+  }
+  const order = oneOf(str("order"), "order", ["completion", "input"] as const);
+  const onInvalid = oneOf(
+    str("on-invalid"),
+    "on-invalid",
+    ["error-line", "skip", "abort"] as const,
+  );
+  const pooling = oneOf(str("pooling"), "pooling", ["last", "mean"] as const);
+  const quiet = values.quiet === true;
+  return {
+    modelDir: str("model")!,
+    engine: {
+      servedModelName: str("served-model-name"),
+      maxNumSeqs: positiveInt(str("max-num-seqs"), "max-num-seqs"),
+      maxNumBatchedTokens: positiveInt(str("max-num-batched-tokens"), "max-num-batched-tokens"),
+      blockSize: positiveInt(str("block-size"), "block-size"),
+      kvCacheMemory: str("kv-cache-memory")
+        ? parseBytes(str("kv-cache-memory")!, "kv-cache-memory")
+        : undefined,
+      maxModelLen: positiveInt(str("max-model-len"), "max-model-len"),
+      enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
+      pooling,
+    },
+    batch: {
+      input: str("input-file")!,
+      output: str("output-file")!,
+      errorFile: str("error-file"),
+      outputTmpDir: str("output-tmp-dir"),
+      order,
+      resume: values.resume === true,
+      overwrite: values.overwrite === true,
+      validateOnly: values["validate-only"] === true,
+      onInvalid,
+      maxInFlight: positiveInt(str("max-concurrency"), "max-concurrency"),
+      requestTimeoutMs: seconds(str("request-timeout"), "request-timeout"),
+      deadlineMs: seconds(str("deadline"), "deadline"),
+      summaryFile: str("summary-file"),
+      progress: { quiet },
+    },
+  };
+}
+
+/** Runs the CLI; returns the exit status. */
+export async function main(args: readonly string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    console.log(usage());
+    return command === undefined ? 2 : 0;
+  }
+  if (command !== "run-batch") {
+    console.error(
+      `error: unknown command "${command}"\n\nUsage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)`,
+    );
+    return 2;
+  }
+  let cmd: RunBatchCommand | "help";
+  try {
+    cmd = parseRunBatch(rest);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(
+      `error: ${e.message}\n\nUsage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)`,
+    );
+    return 2;
+  }
+  if (cmd === "help") {
+    console.log(usage());
+    return 0;
+  }
+  // Mesa warns on every start when this is unset.
+  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
+
+  const quiet = cmd.batch.progress?.quiet === true;
+  const cancel = new AbortController();
+  const onSignal = () => {
+    if (!quiet) console.error("\nCancelling: finishing in-flight requests…");
+    cancel.abort(new Error("cancelled by signal"));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  let engine: Engine | undefined;
+  try {
+    const backend = cmd.batch.validateOnly
+      ? await ApiBackend.forValidation(cmd.modelDir, cmd.engine.servedModelName)
+      : new ApiBackend(engine = await Engine.load(cmd.modelDir, cmd.engine));
+    if (engine && !quiet) {
+      console.error(
+        `batchwright: ${engine.modelName} on ${engine.gpu.description}; ` +
+          `max ${engine.runner.options.maxNumSeqs} seqs × ${engine.runner.options.maxNumBatchedTokens} tokens/step, ` +
+          `KV cache ${engine.runner.options.numBlocks} blocks of ${engine.runner.options.blockSize} (${
+            (engine.runner.kvBytes / 2 ** 20).toFixed(0)
+          } MiB), context ${engine.maxModelLen}`,
+      );
+    }
+    const summary = await runBatch({ ...cmd.batch, backend, signal: cancel.signal });
+    console.error(formatSummary(summary));
+    if (summary.status === "cancelled") return 130;
+    return summary.status === "completed" || summary.status === "validated" ? 0 : 1;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    await engine?.close();
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

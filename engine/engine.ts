@@ -1,0 +1,417 @@
+/**
+ * The public engine: requests go in, results come out. A single step loop
+ * runs while there is work: the scheduler packs a token budget, the model
+ * runner computes it on the GPU in one submission, and finished sequences
+ * resolve their promises.
+ *
+ * @module
+ */
+import { basename, resolve } from "node:path";
+import { Gpu } from "./gpu/device.ts";
+import {
+  type GenerationConfig,
+  loadGenerationConfig,
+  loadModelConfig,
+  type ModelConfig,
+} from "./loader/config.ts";
+import { Checkpoint } from "./loader/checkpoint.ts";
+import { ModelTokenizer } from "./loader/tokenizer.ts";
+import { ModelRunner, type StepSeq } from "./model_runner.ts";
+import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
+import { Sequence } from "./sequence.ts";
+import { sample } from "./sampler.ts";
+import { OutputText } from "./detokenizer.ts";
+import {
+  type EmbedRequest,
+  type EmbedResult,
+  type FinishReason,
+  type GenerateRequest,
+  type GenerateResult,
+  RequestError,
+  type StepLogprobs,
+} from "./types.ts";
+
+/** Engine options; every field has a default. */
+export interface EngineOptions {
+  /** Name requests' `model` must match (default: the model directory's name). */
+  readonly servedModelName?: string;
+  /** Most sequences per step (default 64). */
+  readonly maxNumSeqs?: number;
+  /** Token budget per step (default 512). */
+  readonly maxNumBatchedTokens?: number;
+  /** Tokens per KV block (default 16). */
+  readonly blockSize?: number;
+  /** Bytes for the KV cache pool (default 2 GiB, or less when that would exceed what can be used). */
+  readonly kvCacheMemory?: number;
+  /** Context length (default: the model's max_position_embeddings, capped by the KV pool). */
+  readonly maxModelLen?: number;
+  /** Share full KV blocks between prompts with the same prefix (default true). */
+  readonly enablePrefixCaching?: boolean;
+  /** Embedding pooling over the final hidden states (default "last"). */
+  readonly pooling?: "last" | "mean";
+  /** L2-normalise embeddings (default true). */
+  readonly normalizeEmbeddings?: boolean;
+  /** An opened device (default: the runtime's default adapter). */
+  readonly gpu?: Gpu;
+}
+
+/** Counters for progress reports and benchmarks. */
+export interface EngineStats {
+  steps: number;
+  promptTokensComputed: number;
+  generatedTokens: number;
+  /** Sum over steps of sequences in the step (mean occupancy = this / steps). */
+  seqsInSteps: number;
+  preemptions: number;
+}
+
+interface SeqState {
+  readonly kind: "generate" | "embed";
+  readonly resolve: (r: GenerateResult | EmbedResult) => void;
+  readonly reject: (e: unknown) => void;
+  readonly seed: number;
+  readonly text?: OutputText;
+  readonly logprobs: StepLogprobs[];
+  readonly hiddenSum?: Float64Array;
+  hiddenCount: number;
+}
+
+const GIB = 1024 ** 3;
+
+/** The batch inference engine over one ERNIE-4.5 model. */
+export class Engine {
+  readonly #scheduler: Scheduler<SeqState>;
+  readonly #eos: ReadonlySet<number>;
+  #loop: Promise<void> | null = null;
+  #closed = false;
+  readonly stats: EngineStats = {
+    steps: 0,
+    promptTokensComputed: 0,
+    generatedTokens: 0,
+    seqsInSteps: 0,
+    preemptions: 0,
+  };
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly runner: ModelRunner,
+    readonly config: ModelConfig,
+    readonly tokenizer: ModelTokenizer,
+    readonly generationDefaults: GenerationConfig,
+    readonly modelName: string,
+    readonly maxModelLen: number,
+    readonly options: Required<
+      Omit<EngineOptions, "gpu" | "servedModelName" | "kvCacheMemory" | "maxModelLen">
+    >,
+  ) {
+    const o = runner.options;
+    this.#scheduler = new Scheduler({
+      maxNumSeqs: o.maxNumSeqs,
+      maxNumBatchedTokens: o.maxNumBatchedTokens,
+      blockSize: o.blockSize,
+      numBlocks: o.numBlocks,
+      enablePrefixCaching: options.enablePrefixCaching,
+      maxModelLen,
+    });
+    this.#eos = new Set([
+      ...config.eosTokenIds,
+      ...(generationDefaults.eosTokenIds ?? []),
+      ...tokenizer.eosTokenIds,
+    ]);
+  }
+
+  /** Hidden size of the model (the embedding width). */
+  get hiddenSize(): number {
+    return this.config.hiddenSize;
+  }
+
+  /** Loads a model directory onto the GPU. */
+  static async load(dir: string, options: EngineOptions = {}): Promise<Engine> {
+    const config = await loadModelConfig(dir);
+    const generation = await loadGenerationConfig(dir);
+    const tokenizer = await ModelTokenizer.load(dir);
+    const gpu = options.gpu ?? await Gpu.open();
+    const blockSize = options.blockSize ?? 16;
+    const maxNumBatchedTokens = options.maxNumBatchedTokens ?? 512;
+    const maxRequested = options.maxModelLen ?? config.maxPositionEmbeddings;
+    if (options.maxModelLen !== undefined && options.maxModelLen > config.maxPositionEmbeddings) {
+      throw new Error(
+        `--max-model-len ${options.maxModelLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`,
+      );
+    }
+    const bytesPerToken = config.numKvHeads * config.headDim * 4; // one layer, K or V
+    const maxLogitRows = Math.floor(gpu.maxBinding / (config.vocabSize * 4));
+    const maxNumSeqs = Math.min(options.maxNumSeqs ?? 64, maxLogitRows);
+    const budget = options.kvCacheMemory ?? 2 * GIB;
+    const tokensByBudget = Math.floor(budget / (2 * config.numLayers * bytesPerToken));
+    const tokensByBinding = Math.floor((gpu.maxBinding - 16) / bytesPerToken);
+    const tokensWanted = maxNumSeqs * maxRequested;
+    const numBlocks = Math.floor(
+      Math.min(tokensByBudget, tokensByBinding, tokensWanted + blockSize) / blockSize,
+    );
+    if (numBlocks < 2) {
+      throw new Error(
+        `The KV cache budget (${budget} bytes) holds fewer than 2 blocks: raise --kv-cache-memory`,
+      );
+    }
+    const maxModelLen = Math.min(maxRequested, numBlocks * blockSize);
+    const checkpoint = await Checkpoint.open(dir, config);
+    const names = new Set(checkpoint.names());
+    let runner: ModelRunner;
+    try {
+      runner = await ModelRunner.create(gpu, config, {
+        get: (name) => (names.has(name) ? checkpoint.get(name) : Promise.resolve(null)),
+      }, {
+        maxNumBatchedTokens,
+        maxNumSeqs,
+        numBlocks,
+        blockSize,
+        maxBlocksPerSeq: Math.ceil(maxModelLen / blockSize),
+        validVocab: Math.min(tokenizer.vocabSize, config.vocabSize),
+      });
+    } finally {
+      checkpoint.close();
+    }
+    const name = options.servedModelName ?? basename(resolve(dir));
+    return new Engine(gpu, runner, config, tokenizer, generation, name, maxModelLen, {
+      maxNumSeqs,
+      maxNumBatchedTokens,
+      blockSize,
+      // Mean pooling needs every prompt position's hidden state, which cached blocks skip.
+      enablePrefixCaching: (options.enablePrefixCaching ?? true) && options.pooling !== "mean",
+      pooling: options.pooling ?? "last",
+      normalizeEmbeddings: options.normalizeEmbeddings ?? true,
+    });
+  }
+
+  /** Ids whose logits are real tokens (the rest of the embedding is padding). */
+  get validVocab(): number {
+    return this.runner.options.validVocab;
+  }
+
+  /** Prefix-cache hit rate over all admitted prompt tokens. */
+  get prefixCacheHitRate(): number {
+    return this.#scheduler.blockManager.hitRate;
+  }
+
+  /** Generates a completion for one prompt. */
+  generate(req: GenerateRequest, signal?: AbortSignal): Promise<GenerateResult> {
+    return this.#submit(req, "generate", signal) as Promise<GenerateResult>;
+  }
+
+  /** Computes a pooled embedding of one prompt. */
+  embed(req: EmbedRequest, signal?: AbortSignal): Promise<EmbedResult> {
+    const sampling = {
+      temperature: 0,
+      topP: 1,
+      topK: 0,
+      minP: 0,
+      maxTokens: 1,
+      minTokens: 0,
+      stop: [],
+      stopTokenIds: [],
+      ignoreEos: false,
+      presencePenalty: 0,
+      frequencyPenalty: 0,
+      repetitionPenalty: 1,
+      logitBias: new Map(),
+      logprobs: false,
+      topLogprobs: 0,
+    };
+    return this.#submit({ ...req, sampling }, "embed", signal) as Promise<EmbedResult>;
+  }
+
+  #submit(req: GenerateRequest, kind: SeqState["kind"], signal?: AbortSignal): Promise<unknown> {
+    if (this.#closed) return Promise.reject(new Error("The engine is closed"));
+    if (req.promptIds.length === 0) {
+      return Promise.reject(new RequestError("The prompt is empty", 400, "messages"));
+    }
+    if (req.promptIds.length > this.maxModelLen) {
+      return Promise.reject(
+        new RequestError(
+          `The prompt has ${req.promptIds.length} tokens, more than the context length ${this.maxModelLen}`,
+          400,
+          null,
+          "context_length_exceeded",
+        ),
+      );
+    }
+    for (const id of req.promptIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.validVocab) {
+        return Promise.reject(
+          new RequestError(`Token id ${id} is outside the vocabulary (0..${this.validVocab - 1})`),
+        );
+      }
+    }
+    return new Promise((resolve, reject) => {
+      const seed = req.sampling.seed ?? crypto.getRandomValues(new Uint32Array(1))[0]!;
+      const state: SeqState = {
+        kind,
+        resolve: resolve as SeqState["resolve"],
+        reject,
+        seed,
+        text: kind === "generate"
+          ? new OutputText(this.tokenizer, { stop: req.sampling.stop, promptIds: req.promptIds })
+          : undefined,
+        logprobs: [],
+        hiddenSum: kind === "embed" ? new Float64Array(this.config.hiddenSize) : undefined,
+        hiddenCount: 0,
+      };
+      const seq = new Sequence<SeqState>(req, state);
+      if (signal?.aborted) return reject(signal.reason);
+      signal?.addEventListener("abort", () => {
+        if (this.#scheduler.abort(seq.id)) reject(signal.reason);
+      }, { once: true });
+      this.#scheduler.add(seq);
+      this.#loop ??= this.#run().finally(() => (this.#loop = null));
+    });
+  }
+
+  /** Steps until no work is left. */
+  async #run(): Promise<void> {
+    // Let the other requests submitted in this tick join the first step.
+    await new Promise((r) => setTimeout(r, 0));
+    while (this.#scheduler.hasWork()) {
+      const batch = this.#scheduler.schedule();
+      if (!batch) break;
+      for (const { seq, reason } of batch.rejected) {
+        seq.state!.reject(new RequestError(reason, 400, null, "context_length_exceeded"));
+      }
+      if (batch.items.length === 0) continue;
+      try {
+        await this.#step(batch);
+      } catch (e) {
+        // A GPU failure fails the step's requests, not the process.
+        for (const { seq } of batch.items) {
+          this.#scheduler.abort(seq.id);
+          seq.state!.reject(e);
+        }
+      }
+      this.stats.preemptions = this.#scheduler.preemptions;
+      await new Promise((r) => setTimeout(r, 0)); // let new requests in between steps
+    }
+  }
+
+  async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
+    const items = batch.items;
+    const wantLogits = items.some((it) =>
+      it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
+    );
+    const seqs: StepSeq[] = items.map(({ seq, start, count, sample }) => ({
+      tokens: seq.tokenIds.slice(start, start + count),
+      start,
+      blockTable: seq.blockTable,
+      output: seq.state!.kind === "embed"
+        ? (this.options.pooling === "mean" ? "hidden-all" : sample ? "hidden-last" : "none")
+        : sample
+        ? "sample"
+        : "none",
+    }));
+    const result = await this.runner.step(seqs, wantLogits);
+    this.#scheduler.commit(batch);
+    this.stats.steps++;
+    this.stats.seqsInSteps += items.length;
+    const V = this.config.vocabSize;
+    const H = this.config.hiddenSize;
+    let sampleRow = 0;
+    let hiddenRow = 0;
+    for (let i = 0; i < items.length; i++) {
+      const { seq, start, count, sample: reachedEnd } = items[i]!;
+      const st = seq.state!;
+      const out = seqs[i]!.output;
+      if (start < seq.numPromptTokens) {
+        this.stats.promptTokensComputed += Math.min(count, seq.numPromptTokens - start);
+      }
+      if (out === "sample") {
+        const row = sampleRow++;
+        this.stats.generatedTokens++;
+        const id = result.logits
+          ? this.#sample(seq, result.logits.subarray(row * V, (row + 1) * V))
+          : result.ids![row]!;
+        this.#accept(seq, id);
+      } else {
+        const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
+        for (let r = 0; r < rows; r++, hiddenRow++) {
+          const h = result.hidden!.subarray(hiddenRow * H, (hiddenRow + 1) * H);
+          for (let c = 0; c < H; c++) st.hiddenSum![c]! += h[c]!;
+          st.hiddenCount++;
+        }
+        if (st.kind === "embed" && reachedEnd) this.#finishEmbed(seq);
+      }
+    }
+  }
+
+  #isPlainGreedy(seq: Sequence<SeqState>): boolean {
+    const p = seq.request.sampling;
+    return p.temperature < 1e-5 && !p.logprobs && p.logitBias.size === 0 &&
+      p.presencePenalty === 0 &&
+      p.frequencyPenalty === 0 && p.repetitionPenalty === 1 && seq.numOutputTokens >= p.minTokens;
+  }
+
+  #sample(seq: Sequence<SeqState>, logits: Float32Array): number {
+    const st = seq.state!;
+    const p = seq.request.sampling;
+    const r = sample(logits, {
+      validVocab: this.validVocab,
+      promptIds: seq.tokenIds.slice(0, seq.numPromptTokens),
+      outputIds: seq.outputIds,
+      params: p,
+      rngKey: { seed: st.seed, step: seq.numOutputTokens },
+      eosTokenIds: p.ignoreEos ? [] : [...this.#eos],
+    });
+    if (p.logprobs) {
+      st.logprobs.push({ tokenId: r.tokenId, logprob: r.logprob ?? 0, top: r.top ?? [] });
+    }
+    return r.tokenId;
+  }
+
+  /** Appends a sampled id and finishes the sequence when a stop condition holds. */
+  #accept(seq: Sequence<SeqState>, id: number): void {
+    const p = seq.request.sampling;
+    const st = seq.state!;
+    const isEos = (!p.ignoreEos && this.#eos.has(id)) || p.stopTokenIds.includes(id);
+    if (isEos && seq.numOutputTokens >= p.minTokens) return this.#finish(seq, "stop");
+    seq.appendToken(id);
+    if (st.text!.push(id)) return this.#finish(seq, "stop");
+    if (seq.numOutputTokens >= p.maxTokens || seq.numTokens >= this.maxModelLen) {
+      this.#finish(seq, "length");
+    }
+  }
+
+  #finish(seq: Sequence<SeqState>, reason: FinishReason): void {
+    this.#scheduler.finish(seq);
+    const st = seq.state!;
+    st.resolve(
+      {
+        id: seq.id,
+        tokenIds: seq.outputIds,
+        text: st.text!.finish(),
+        finishReason: reason,
+        promptTokens: seq.numPromptTokens,
+        cachedTokens: Math.min(seq.numCachedTokens, seq.numPromptTokens),
+        logprobs: seq.request.sampling.logprobs ? st.logprobs : undefined,
+      } satisfies GenerateResult,
+    );
+  }
+
+  #finishEmbed(seq: Sequence<SeqState>): void {
+    this.#scheduler.finish(seq);
+    const st = seq.state!;
+    const v = new Float32Array(st.hiddenSum!.length);
+    for (let c = 0; c < v.length; c++) v[c] = st.hiddenSum![c]! / Math.max(1, st.hiddenCount);
+    if (this.options.normalizeEmbeddings) {
+      const norm = Math.hypot(...v) || 1;
+      for (let c = 0; c < v.length; c++) v[c]! /= norm;
+    }
+    st.resolve(
+      { id: seq.id, embedding: v, promptTokens: seq.numPromptTokens } satisfies EmbedResult,
+    );
+  }
+
+  /** Waits for the running work, then releases the GPU buffers. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#loop;
+    this.runner.destroy();
+  }
+}

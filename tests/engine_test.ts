@@ -1,0 +1,119 @@
+/**
+ * The engine end to end on the shipped tiny model: continuous batching,
+ * preemption, prefix caching and seeded sampling must not change any
+ * request's output.
+ */
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { gpuTest, rng } from "./_gpu.ts";
+import { Engine, type EngineOptions } from "../engine/engine.ts";
+import {
+  DEFAULT_SAMPLING,
+  type GenerateRequest,
+  RequestError,
+  type SamplingParams,
+} from "../engine/types.ts";
+import type { Gpu } from "../engine/gpu/device.ts";
+
+const MODEL = "models/ernie-tiny";
+const KIB = 1024;
+
+function requests(n: number, sampling: Partial<SamplingParams>, seed = 1): GenerateRequest[] {
+  const r = rng(seed);
+  const system = Array.from({ length: 40 }, () => 300 + Math.floor(r() * 1500));
+  return Array.from({ length: n }, (_, i) => ({
+    id: `r${i}`,
+    promptIds: [
+      ...(i % 2 === 0 ? system : []),
+      ...Array.from({ length: 3 + Math.floor(r() * 30) }, () => 300 + Math.floor(r() * 1500)),
+    ],
+    sampling: { ...DEFAULT_SAMPLING, maxTokens: 6 + (i % 5) * 4, ignoreEos: true, ...sampling },
+  }));
+}
+
+async function runAll(gpu: Gpu, reqs: GenerateRequest[], options: EngineOptions) {
+  const engine = await Engine.load(MODEL, { gpu, ...options });
+  const results = await Promise.all(reqs.map((r) => engine.generate(r)));
+  const stats = { ...engine.stats };
+  await engine.close();
+  return { ids: results.map((r) => [...r.tokenIds]), results, stats };
+}
+
+gpuTest(
+  "greedy outputs are identical at max-num-seqs 1 and 64, under preemption, with and without prefix caching",
+  async (gpu) => {
+    const reqs = requests(20, { temperature: 0 });
+    const base = await runAll(gpu, reqs, { maxNumSeqs: 64, kvCacheMemory: 4096 * KIB });
+    assert(base.stats.seqsInSteps / base.stats.steps > 2, "several requests share a step");
+    const one = await runAll(gpu, reqs, { maxNumSeqs: 1, kvCacheMemory: 4096 * KIB });
+    assertEquals(one.ids, base.ids);
+    // 12 blocks of 16 tokens: far fewer than the running sequences need, so some are preempted.
+    const tight = await runAll(gpu, reqs, {
+      maxNumSeqs: 64,
+      blockSize: 16,
+      kvCacheMemory: 12 * 16 * KIB,
+    });
+    assert(tight.stats.preemptions > 0, "the tight KV pool forces preemption");
+    assertEquals(tight.ids, base.ids);
+    const chunked = await runAll(gpu, reqs, {
+      maxNumSeqs: 64,
+      maxNumBatchedTokens: 16,
+      enablePrefixCaching: false,
+    });
+    assertEquals(chunked.ids, base.ids);
+  },
+);
+
+gpuTest("a shared system prompt is served from the prefix cache the second time", async (gpu) => {
+  const engine = await Engine.load(MODEL, { gpu, blockSize: 8 });
+  const system = Array.from({ length: 50 }, (_, i) => 500 + i);
+  const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4, ignoreEos: true };
+  const first = await engine.generate({ id: "a", promptIds: [...system, 7, 8, 9], sampling });
+  const second = await engine.generate({ id: "b", promptIds: [...system, 10, 11], sampling });
+  assertEquals(first.cachedTokens, 0);
+  assertEquals(second.cachedTokens, 48); // six full blocks of 8
+  const again = await engine.generate({ id: "c", promptIds: [...system, 7, 8, 9], sampling });
+  assertEquals(again.tokenIds, first.tokenIds);
+  await engine.close();
+});
+
+gpuTest("a seeded request samples the same text alone and among many others", async (gpu) => {
+  const sampling = { temperature: 0.9, topP: 0.95, seed: 1234 };
+  const [target] = requests(1, sampling, 9);
+  const alone = await runAll(gpu, [target!], {});
+  const crowd = requests(24, { temperature: 1 }, 3).map((r, i) => ({ ...r, id: `c${i}` }));
+  const among = await runAll(gpu, [...crowd.slice(0, 12), target!, ...crowd.slice(12)], {
+    maxNumSeqs: 32,
+  });
+  assertEquals(among.ids[12], alone.ids[0]);
+  const unseeded = await runAll(gpu, [target!, { ...target!, id: "twin" }], {});
+  assertEquals(unseeded.ids[0], unseeded.ids[1], "same seed, same output");
+});
+
+gpuTest("requests that cannot fit the context get a 400, and the others still run", async (gpu) => {
+  const engine = await Engine.load(MODEL, { gpu, maxModelLen: 64 });
+  const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4 };
+  const tooLong = engine.generate({ id: "long", promptIds: Array(65).fill(300), sampling });
+  await assertRejects(() => tooLong, /context length/);
+  await tooLong.catch((e) => assert(e instanceof RequestError && e.status === 400));
+  const ok = await engine.generate({ id: "ok", promptIds: [300, 301], sampling });
+  assertEquals(ok.tokenIds.length, 4);
+  const capped = await engine.generate({
+    id: "cap",
+    promptIds: Array(60).fill(300),
+    sampling: { ...sampling, maxTokens: 50, ignoreEos: true },
+  });
+  assertEquals(capped.finishReason, "length");
+  assert(60 + capped.tokenIds.length <= 64);
+  await engine.close();
+});
+
+gpuTest("embeddings are L2-normalised final hidden states of the last token", async (gpu) => {
+  const engine = await Engine.load(MODEL, { gpu });
+  const a = await engine.embed({ id: "e1", promptIds: [300, 301, 302] });
+  const b = await engine.embed({ id: "e2", promptIds: [300, 301, 302] });
+  assertEquals(a.embedding.length, engine.hiddenSize);
+  assertEquals([...a.embedding], [...b.embedding]);
+  const norm = Math.hypot(...a.embedding);
+  assert(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
+  await engine.close();
+});
