@@ -186,7 +186,8 @@ export function usage(): string {
   }
   lines.push(
     "",
-    "Exit status: 0 when every request was answered (errors included), 1 when the run failed,",
+    "Exit status: 0 when every request was answered (errors included), 1 when the run failed",
+    "(or --validate-only found invalid lines),",
     "was cancelled or expired, 2 for a usage error. On SIGINT/SIGTERM the run stops taking work,",
     "writes batch_cancelled lines for what never ran, and exits 130; --resume picks up from there.",
   );
@@ -362,6 +363,7 @@ export async function main(args: readonly string[]): Promise<number> {
     const summary = await runBatch({ ...cmd.batch, backend, signal: cancel.signal });
     console.error(formatSummary(summary));
     if (summary.status === "cancelled") return 130;
+    if (summary.status === "validated") return summary.failed > 0 ? 1 : 0;
     return summary.status === "completed" || summary.status === "validated" ? 0 : 1;
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);

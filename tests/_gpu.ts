@@ -18,6 +18,9 @@ async function tryOpen(): Promise<{ gpu: Gpu | null; reason: string }> {
 const opened = await tryOpen();
 if (!opened.gpu) console.error(`GPU tests skipped: ${opened.reason}`);
 
+/** Whether this machine has a WebGPU adapter (tests that spawn the CLI skip without one). */
+export const hasGpu: boolean = opened.gpu !== null;
+
 /** Registers a test that runs on the shared device, or is ignored when there is none. */
 export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
   Deno.test({
