@@ -1,0 +1,117 @@
+/**
+ * Interrupting a real run: SIGINT writes batch_cancelled lines and exits
+ * non-zero; SIGKILL leaves a partial file; either way `--resume` ends with
+ * exactly one successful answer per custom_id.
+ */
+import { join } from "node:path";
+import { assert, assertEquals } from "./_assert.ts";
+import { hasGpu } from "./_gpu.ts";
+
+const N = 120;
+
+async function writeInput(dir: string): Promise<string> {
+  const input = join(dir, "in.jsonl");
+  const lines = Array.from({ length: N }, (_, i) =>
+    JSON.stringify({
+      custom_id: `q${i}`,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: {
+        messages: [{ role: "user", content: `question ${i}` }],
+        max_tokens: 24,
+        ignore_eos: true,
+        seed: i,
+      },
+    }));
+  await Deno.writeTextFile(input, lines.join("\n") + "\n");
+  return input;
+}
+
+function spawn(input: string, output: string, extra: string[] = []): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "cli.ts",
+      "run-batch",
+      "--model",
+      "models/ernie-tiny",
+      "-i",
+      input,
+      "-o",
+      output,
+      "-q",
+      "--max-num-seqs",
+      "8",
+      ...extra,
+    ],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+}
+
+async function waitForLines(path: string, n: number): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    try {
+      const text = await Deno.readTextFile(path);
+      if (text.split("\n").filter(Boolean).length >= n) return;
+    } catch { /* not there yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${path} never reached ${n} lines`);
+}
+
+async function answers(path: string) {
+  return (await Deno.readTextFile(path)).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+function assertOneSuccessEach(
+  lines: { custom_id: string; response: { status_code: number } | null }[],
+) {
+  const ok = lines.filter((l) => l.response?.status_code === 200).map((l) => l.custom_id);
+  assertEquals(ok.length, N, "one success per request");
+  assertEquals(new Set(ok).size, N, "no duplicates");
+}
+
+Deno.test({
+  name: "SIGINT cancels the rest with batch_cancelled lines, and --resume completes the batch",
+  ignore: !hasGpu,
+}, async () => {
+  const dir = await Deno.makeTempDir();
+  const input = await writeInput(dir);
+  const output = join(dir, "out.jsonl");
+  const child = spawn(input, output);
+  await waitForLines(`${output}.partial`, 10);
+  child.kill("SIGINT");
+  const status = await child.status;
+  assert(status.code !== 0, `exit status ${status.code}`);
+  const first = await answers(output).catch(async () => await answers(`${output}.partial`));
+  assertEquals(first.length, N, "every request has a line");
+  const cancelled = first.filter((l) => l.error?.code === "batch_cancelled");
+  assert(cancelled.length > 0, "some requests were cancelled");
+  assert(cancelled.every((l) => l.response === null));
+  const resumed = await spawn(input, output, ["--resume"]).status;
+  assertEquals(resumed.code, 0);
+  assertOneSuccessEach(await answers(output));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test({
+  name: "after SIGKILL mid-batch, --resume ends with exactly one answer per custom_id",
+  ignore: !hasGpu,
+}, async () => {
+  const dir = await Deno.makeTempDir();
+  const input = await writeInput(dir);
+  const output = join(dir, "out.jsonl");
+  const child = spawn(input, output);
+  await waitForLines(`${output}.partial`, 10);
+  child.kill("SIGKILL");
+  await child.status;
+  const resumed = await spawn(input, output, ["--resume"]).status;
+  assertEquals(resumed.code, 0);
+  const lines = await answers(output);
+  assertOneSuccessEach(lines);
+  assertEquals(lines.length, N);
+  await Deno.remove(dir, { recursive: true });
+});
