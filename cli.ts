@@ -5,10 +5,12 @@
  *
  * @module
  */
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "./engine/engine.ts";
 import { ApiBackend } from "./api/backend.ts";
 import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
+import { downloadModel, formatProgress, parseModelRef } from "./engine/loader/hub.ts";
 
 type FlagType = "string" | "boolean";
 
@@ -25,8 +27,9 @@ const FLAGS: readonly Flag[] = [
   {
     name: "model",
     type: "string",
-    value: "DIR",
-    help: "model directory (config.json, model.safetensors, tokenizer files); required",
+    value: "DIR|OWNER/NAME[@REV]",
+    help:
+      "model directory (config.json, model.safetensors, tokenizer files), or a Hugging Face hub id downloaded into the HF cache (HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE=1); required",
   },
   {
     name: "input-file",
@@ -308,6 +311,52 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
   };
 }
 
+/**
+ * `--model`: an existing directory as is; otherwise a hub id, fetched into
+ * the Hugging Face cache with progress on stderr. The served name of a hub
+ * model defaults to its id.
+ */
+async function resolveModel(
+  model: string,
+  options: { quiet: boolean; weights: boolean; signal: AbortSignal },
+): Promise<{ dir: string; name?: string }> {
+  if ((await Deno.stat(model).catch(() => null))?.isDirectory) return { dir: model };
+  const ref = parseModelRef(model);
+  if (ref === null) {
+    throw new Error(
+      `--model "${model}" is neither a directory nor a hub id like owner/name[@revision]`,
+    );
+  }
+  const env = (name: string) => Deno.env.get(name) || undefined;
+  const hfHome = env("HF_HOME") ??
+    join(env("XDG_CACHE_HOME") ?? join(env("HOME") ?? ".", ".cache"), "huggingface");
+  const token = env("HF_TOKEN") ??
+    await Deno.readTextFile(join(hfHome, "token")).then(
+      (t) => t.trim() || undefined,
+      () => undefined,
+    );
+  const tty = Deno.stderr.isTerminal();
+  let shown = 0;
+  const dir = await downloadModel(ref, {
+    cacheDir: env("HF_HUB_CACHE") ?? join(hfHome, "hub"),
+    endpoint: env("HF_ENDPOINT"),
+    token,
+    offline: env("HF_HUB_OFFLINE") === "1",
+    weights: options.weights,
+    signal: options.signal,
+    onProgress: options.quiet ? undefined : (p) => {
+      const done = p.received === p.total;
+      if (!done && performance.now() - shown < (tty ? 100 : 2000)) return;
+      shown = performance.now();
+      const line = `downloading ${ref.repo}: ${formatProgress(p)}`;
+      if (tty) {
+        Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${done ? "\n" : ""}`));
+      } else console.error(line);
+    },
+  });
+  return { dir, name: ref.repo };
+}
+
 /** Runs the CLI; returns the exit status. */
 export async function main(args: readonly string[]): Promise<number> {
   const [command, ...rest] = args;
@@ -348,9 +397,15 @@ export async function main(args: readonly string[]): Promise<number> {
   Deno.addSignalListener("SIGTERM", onSignal);
   let engine: Engine | undefined;
   try {
+    const model = await resolveModel(cmd.modelDir, {
+      quiet,
+      weights: !cmd.batch.validateOnly,
+      signal: cancel.signal,
+    });
+    const servedModelName = cmd.engine.servedModelName ?? model.name;
     const backend = cmd.batch.validateOnly
-      ? await ApiBackend.forValidation(cmd.modelDir, cmd.engine.servedModelName)
-      : new ApiBackend(engine = await Engine.load(cmd.modelDir, cmd.engine));
+      ? await ApiBackend.forValidation(model.dir, servedModelName)
+      : new ApiBackend(engine = await Engine.load(model.dir, { ...cmd.engine, servedModelName }));
     if (engine && !quiet) {
       console.error(
         `batchwright: ${engine.modelName} on ${engine.gpu.description}; ` +
@@ -364,7 +419,7 @@ export async function main(args: readonly string[]): Promise<number> {
     console.error(formatSummary(summary));
     if (summary.status === "cancelled") return 130;
     if (summary.status === "validated") return summary.failed > 0 ? 1 : 0;
-    return summary.status === "completed" || summary.status === "validated" ? 0 : 1;
+    return summary.status === "completed" ? 0 : 1;
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     return 1;

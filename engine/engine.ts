@@ -84,6 +84,7 @@ export class Engine {
   readonly #eos: ReadonlySet<number>;
   #loop: Promise<void> | null = null;
   #closed = false;
+  #lost: string | null = null;
   readonly stats: EngineStats = {
     steps: 0,
     promptTokensComputed: 0,
@@ -112,6 +113,9 @@ export class Engine {
       numBlocks: o.numBlocks,
       enablePrefixCaching: options.enablePrefixCaching,
       maxModelLen,
+    });
+    gpu.device.lost.then((info) => {
+      if (!this.#closed) this.#lost = info.message || info.reason || "unknown reason";
     });
     this.#eos = new Set([
       ...config.eosTokenIds,
@@ -294,6 +298,7 @@ export class Engine {
 
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
     const items = batch.items;
+    if (this.#lost) throw new Error(`The GPU device was lost (${this.#lost}); restart with --resume`);
     const wantLogits = items.some((it) =>
       it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
     );

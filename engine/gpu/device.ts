@@ -170,15 +170,22 @@ export class Gpu {
   }
 
   /** Runs `fn` inside validation and out-of-memory error scopes and throws what they caught. */
-  async checked<T>(what: string, fn: () => T): Promise<T> {
+  async checked<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
     this.device.pushErrorScope("out-of-memory");
     this.device.pushErrorScope("validation");
-    const result = fn();
+    let outcome: { ok: true; value: T } | { ok: false; error: unknown };
+    try {
+      outcome = { ok: true, value: await fn() };
+    } catch (error) {
+      outcome = { ok: false, error };
+    }
+    // Pop both scopes whatever happened, so the stack stays balanced.
     const validation = await this.device.popErrorScope();
     const oom = await this.device.popErrorScope();
     if (oom) throw new Error(`${what}: the GPU is out of memory (${oom.message})`);
     if (validation) throw new Error(`${what}: WebGPU validation failed: ${validation.message}`);
-    return result;
+    if (!outcome.ok) throw outcome.error;
+    return outcome.value;
   }
 
   /** Releases the device. */
