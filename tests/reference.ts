@@ -211,6 +211,23 @@ export class ReferenceModel {
    * and returns their logits, [ids.length][vocab].
    */
   step(cache: RefCache, ids: readonly number[], startPos: number): Float64Array[] {
+    return this.#normed(cache, ids, startPos).map((x) => {
+      const logits = matvec(this.lmHead, x, this.config.vocab);
+      logits.fill(-Infinity, this.vocabLimit);
+      return logits;
+    });
+  }
+
+  /**
+   * The final hidden state (after the last RMSNorm, before the LM head) of the
+   * last position of a prompt, [hidden]: what a last-token embedding pools.
+   */
+  hidden(ids: readonly number[]): Float64Array {
+    return this.#normed(this.newCache(), ids, 0).at(-1)!;
+  }
+
+  /** The decoder layers and the final RMSNorm over `ids` at startPos.., [ids.length][hidden]. */
+  #normed(cache: RefCache, ids: readonly number[], startPos: number): Float64Array[] {
     const c = this.config;
     if (cache.k[0] !== undefined && cache.k[0].length !== startPos) {
       throw new Error(`reference: startPos ${startPos} ≠ cached length ${cache.k[0].length}`);
@@ -263,11 +280,7 @@ export class ReferenceModel {
         for (let i = 0; i < h; i++) x[i]! += d[i]!;
       });
     }
-    return xs.map((x) => {
-      const logits = matvec(this.lmHead, rmsNorm(x, this.norm, c.eps), c.vocab);
-      logits.fill(-Infinity, this.vocabLimit);
-      return logits;
-    });
+    return xs.map((x) => rmsNorm(x, this.norm, c.eps));
   }
 
   /** Logits of every position of a prompt, [T][vocab]. */
