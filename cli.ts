@@ -25,6 +25,13 @@ interface Flag {
 
 const FLAGS: readonly Flag[] = [
   {
+    name: "truncate-max-tokens",
+    type: "boolean",
+    default: "false",
+    help:
+      "cap a max_tokens that does not fit the context instead of answering 400 context_length_exceeded",
+  },
+  {
     name: "model",
     type: "string",
     value: "DIR|OWNER/NAME[@REV]",
@@ -249,6 +256,7 @@ function oneOf<T extends string>(
 export interface RunBatchCommand {
   readonly modelDir: string;
   readonly engine: EngineOptions;
+  readonly truncateMaxTokens: boolean;
   readonly batch: Omit<RunBatchOptions, "backend">;
 }
 
@@ -280,6 +288,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
   const quiet = values.quiet === true;
   return {
     modelDir: str("model")!,
+    truncateMaxTokens: values["truncate-max-tokens"] === true,
     engine: {
       servedModelName: str("served-model-name"),
       maxNumSeqs: positiveInt(str("max-num-seqs"), "max-num-seqs"),
@@ -405,7 +414,9 @@ export async function main(args: readonly string[]): Promise<number> {
     const servedModelName = cmd.engine.servedModelName ?? model.name;
     const backend = cmd.batch.validateOnly
       ? await ApiBackend.forValidation(model.dir, servedModelName)
-      : new ApiBackend(engine = await Engine.load(model.dir, { ...cmd.engine, servedModelName }));
+      : new ApiBackend(engine = await Engine.load(model.dir, { ...cmd.engine, servedModelName }), {
+        truncateMaxTokens: cmd.truncateMaxTokens,
+      });
     if (engine && !quiet) {
       console.error(
         `batchwright: ${engine.modelName} on ${engine.gpu.description}; ` +

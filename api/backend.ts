@@ -29,6 +29,8 @@ const ENDPOINTS: ReadonlyMap<string, Endpoint> = new Map<string, Endpoint>([
 export interface ApiBackendOptions {
   /** Prefix of engine request ids (default: a random one per backend). */
   readonly idPrefix?: string;
+  /** Cap a max_tokens that does not fit the context instead of answering 400 (default false). */
+  readonly truncateMaxTokens?: boolean;
 }
 
 /**
@@ -50,12 +52,14 @@ export class ApiBackend {
   readonly urls: readonly string[] = [...ENDPOINTS.keys()];
   readonly #engine: EngineLike;
   readonly #prefix: string;
+  readonly #truncate: boolean;
   #next = 0;
 
   /** Serves requests on `engine`; engine request ids are `<idPrefix>-<counter>[-...]`. */
   constructor(engine: EngineLike, options: ApiBackendOptions = {}) {
     this.#engine = engine;
     this.#prefix = options.idPrefix ?? `req-${crypto.randomUUID().slice(0, 8)}`;
+    this.#truncate = options.truncateMaxTokens ?? false;
   }
 
   /**
@@ -106,7 +110,11 @@ export class ApiBackend {
   ): Promise<unknown> {
     const endpoint = this.#endpoint(url);
     const requestId = `${this.#prefix}-${this.#next++}`;
-    return await endpoint.run(this.#engine, body, { requestId, signal: ctx.signal });
+    return await endpoint.run(this.#engine, body, {
+      requestId,
+      signal: ctx.signal,
+      truncateMaxTokens: this.#truncate,
+    });
   }
 
   #endpoint(url: string): Endpoint {

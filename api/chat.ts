@@ -145,6 +145,7 @@ export async function runChat(
     promptParam: "messages",
     logprobs,
     topLogprobs: logprobs ? req.top_logprobs ?? 0 : 0,
+    truncateMaxTokens: ctx.truncateMaxTokens,
   });
   const n = req.n ?? 1;
   const results = await generateChoices(

@@ -39,6 +39,8 @@ export interface EndpointContext {
   /** Unique engine-request id base; choices append `-<index>`. */
   readonly requestId: string;
   readonly signal?: AbortSignal;
+  /** Cap a max_tokens that does not fit the context instead of rejecting the request. */
+  readonly truncateMaxTokens?: boolean;
 }
 
 /** `["messages", 0, "role"]` → `messages[0].role`. */
@@ -138,11 +140,15 @@ export interface SamplingSetup {
   readonly promptParam: string;
   readonly logprobs: boolean;
   readonly topLogprobs: number;
+  /** Cap an explicit max that does not fit the context (else: 400 context_length_exceeded). */
+  readonly truncateMaxTokens?: boolean;
 }
 
 /**
  * Fills sampling parameters: the body's value, else generation_config.json's,
- * else OpenAI's default. The max token count is capped by the context left.
+ * else OpenAI's default. An explicit max token count that does not fit the
+ * context left is a 400 (as vLLM answers), unless `truncateMaxTokens`; a default
+ * one is capped.
  */
 export function buildSampling(f: SamplingFields, s: SamplingSetup): SamplingParams {
   const e = s.engine;
@@ -154,6 +160,17 @@ export function buildSampling(f: SamplingFields, s: SamplingSetup): SamplingPara
         `prompt has ${s.promptTokens} tokens, which leaves no room for the completion`,
       400,
       s.promptParam,
+      "context_length_exceeded",
+    );
+  }
+  const explicit = s.maxTokens ?? undefined;
+  if (explicit !== undefined && explicit > room && !s.truncateMaxTokens) {
+    throw new RequestError(
+      `${s.promptParam}: this model's maximum context length is ${e.maxModelLen} tokens, but ` +
+        `${s.promptTokens} prompt tokens + ${explicit} completion tokens were requested ` +
+        `(lower max_tokens, or run with --truncate-max-tokens)`,
+      400,
+      "max_tokens",
       "context_length_exceeded",
     );
   }

@@ -129,6 +129,7 @@ export async function runCompletion(
       promptParam: param,
       logprobs: req.logprobs !== undefined && req.logprobs !== null,
       topLogprobs: req.logprobs ?? 0,
+      truncateMaxTokens: ctx.truncateMaxTokens,
     });
     const text = typeof p === "string" ? p : tok.decode(p, { skipSpecialTokens: false });
     return { ids, text, sampling };

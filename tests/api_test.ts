@@ -1,4 +1,4 @@
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { ApiBackend } from "../api/backend.ts";
 import type { EngineLike, GenerationDefaults } from "../api/common.ts";
 import type { ChatCompletion } from "../api/chat.ts";
@@ -226,9 +226,13 @@ Deno.test("n choices get seeds derived from (seed, index) and unique ids", async
   assertEquals(engine.requests.slice(3).map((r) => r.sampling.seed), [undefined, undefined]);
 });
 
-Deno.test("sampling: body, then generation_config.json, then OpenAI defaults; max_tokens capped", async () => {
+Deno.test("sampling: body, then generation_config.json, then OpenAI defaults; max_tokens capped when asked", async () => {
   const engine = new FakeEngine({ temperature: 0.8, topP: 0.8, repetitionPenalty: 1.1 });
-  const backend = new ApiBackend(engine);
+  await assertRejects(
+    () => new ApiBackend(engine).run(CHAT, { ...user("hi"), max_tokens: 1000 }, ctx()),
+    /maximum context length is 64 tokens.*1000 completion tokens/,
+  );
+  const backend = new ApiBackend(engine, { truncateMaxTokens: true });
   await backend.run(CHAT, { ...user("hi"), top_p: 0.5, stop: "x", max_tokens: 1000 }, ctx());
   await backend.run(CHAT, {
     ...user("hi"),
