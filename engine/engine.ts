@@ -22,6 +22,7 @@ import { Sequence } from "./sequence.ts";
 import { sample } from "./sampler.ts";
 import { OutputText } from "./detokenizer.ts";
 import {
+  DEFAULT_SAMPLING,
   type EmbedRequest,
   type EmbedResult,
   type FinishReason,
@@ -205,23 +206,7 @@ export class Engine {
 
   /** Computes a pooled embedding of one prompt. */
   embed(req: EmbedRequest, signal?: AbortSignal): Promise<EmbedResult> {
-    const sampling = {
-      temperature: 0,
-      topP: 1,
-      topK: 0,
-      minP: 0,
-      maxTokens: 1,
-      minTokens: 0,
-      stop: [],
-      stopTokenIds: [],
-      ignoreEos: false,
-      presencePenalty: 0,
-      frequencyPenalty: 0,
-      repetitionPenalty: 1,
-      logitBias: new Map(),
-      logprobs: false,
-      topLogprobs: 0,
-    };
+    const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 1 };
     return this.#submit({ ...req, sampling }, "embed", signal) as Promise<EmbedResult>;
   }
 
