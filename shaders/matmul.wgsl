@@ -1,7 +1,14 @@
-// Register-tiled matmul for prefill-sized batches:
+// Register-tiled matmul for batches of more than one row:
 //   y[m, COL_OFFSET + n] (+)= Σ_k x[m, k] · W[n, k]      (W in torch [out, in] layout)
-// for one row shard of W (N of its rows). Each 16×16 workgroup computes a
-// 64×64 output tile, each invocation 4×4 outputs, stepping K by 16.
+// for one row shard of W (N of its rows). Each invocation computes a TM × TN block of
+// outputs straight from x and W (vec4 loads, no shared memory, no barriers: on a CPU
+// adapter the caches do shared memory's job and barriers are expensive). Each loaded
+// x value feeds TN fmas and each W value TM. Tile sizes were measured on llvmpipe
+// (4 × 8 beat 4 × 4, 8 × 4, 8 × 8 and 4 × 16).
+//
+// Summation order: every output is acc = fma(x[m, k], W[n, k], acc) for k = 0, 1, …, K-1
+// in that order, exactly as in gemv.wgsl, so a row's result is bit-identical whichever
+// kernel ran and whatever else is in the batch.
 
 override K: u32;             // input features
 override N: u32;             // output features held by this weight shard
@@ -11,77 +18,106 @@ override BF16: bool;         // W holds bf16 pairs (else f32 bits)
 override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
 override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
 
-const TM = 4u;
-const TN = 4u;
-const BM = 64u;
-const BN = 64u;
-const BK = 16u;
+const WG = 64u;  // invocations per workgroup, along n
+const TM = 4u;   // rows per invocation
+const NV = 2u;   // vec4 accumulators per row
+const TN = 8u;   // columns per invocation (4 · NV)
 
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<storage, read> x: array<f32>;          // (M, K)
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // (N, K) bf16 pairs or f32
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // (M, K) f32, as vec4
+@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;    // (N, K) bf16 pairs or f32 bits
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (M, N_TOTAL)
 
-var<workgroup> xs: array<f32, 1024>;  // (BK, BM)
-var<workgroup> ws: array<f32, 1024>;  // (BK, BN)
-
-fn weight(e: u32) -> f32 {
-  if (BF16) {
-    let bits = w[e >> 1u];
-    return select(bitcast<f32>(bits << 16u), bitcast<f32>(bits & 0xffff0000u), (e & 1u) == 1u);
-  }
-  return bitcast<f32>(w[e]);
+// x element e (flat index into (M, K)).
+fn x1(e: u32) -> f32 {
+  return x[e >> 2u][e & 3u];
 }
 
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+// x elements e..e+3; one vec4 load when rows are vec4-aligned (K % 4 == 0).
+fn x4(e: u32) -> vec4<f32> {
+  if (K % 4u == 0u) { return x[e >> 2u]; }
+  return vec4(x1(e), x1(e + 1u), x1(e + 2u), x1(e + 3u));
+}
+
+// u32 word i of the weight shard.
+fn word(i: u32) -> u32 {
+  return w[i >> 1u][i & 1u];
+}
+
+// W element e (flat index into (N, K)): bf16 e is the low half of word e/2 when e is even.
+fn w1(e: u32) -> f32 {
+  if (BF16) {
+    let bits = word(e >> 1u);
+    return bitcast<f32>(select(bits << 16u, bits & 0xffff0000u, (e & 1u) == 1u));
+  }
+  return bitcast<f32>(word(e));
+}
+
+// W elements e..e+3; one vec2<u32> load (bf16) or two (f32) when K % 4 == 0.
+fn w4(e: u32) -> vec4<f32> {
+  if (K % 4u != 0u) { return vec4(w1(e), w1(e + 1u), w1(e + 2u), w1(e + 3u)); }
+  if (BF16) {
+    let p = w[e >> 2u];
+    return bitcast<vec4<f32>>(vec4(p.x << 16u, p.x & 0xffff0000u, p.y << 16u, p.y & 0xffff0000u));
+  }
+  return bitcast<vec4<f32>>(vec4(w[e >> 1u], w[(e >> 1u) + 1u]));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let M = select(step.num_tokens, step.num_logit_rows, M_FROM_ROWS);
-  let row0 = wid.y * BM;
-  let col0 = wid.x * BN;
-  if (row0 >= M) { return; }
-  let flat = lid.y * 16u + lid.x;
-  var acc: array<array<f32, 4>, 4>;
-  for (var k0 = 0u; k0 < K; k0 += BK) {
-    for (var i = flat; i < BM * BK; i += 256u) {
-      let m = i / BK;
-      let kk = i % BK;
-      let gm = row0 + m;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gm < M && gk < K) { v = x[gm * K + gk]; }
-      xs[kk * BM + m] = v;
+  let n0 = gid.x * TN;
+  let m0 = gid.y * TM;
+  if (n0 >= N || m0 >= M) { return; }
+  // Rows and columns past the edge read the last valid one and are not written.
+  var xr: array<u32, TM>;  // row starts in x
+  for (var i = 0u; i < TM; i++) { xr[i] = min(m0 + i, M - 1u) * K; }
+  var wr: array<u32, TN>;  // row starts in W
+  for (var j = 0u; j < TN; j++) { wr[j] = min(n0 + j, N - 1u) * K; }
+  var acc: array<array<vec4<f32>, NV>, TM>;  // acc[i][v][c]: row m0 + i, column n0 + 4v + c
+  let k4 = K & ~3u;
+  for (var k = 0u; k < k4; k += 4u) {
+    var wk: array<array<vec4<f32>, 4>, NV>;  // wk[v][kk][c] = W[n0 + 4v + c, k + kk]
+    for (var v = 0u; v < NV; v++) {
+      let a = w4(wr[4u * v] + k);
+      let b = w4(wr[4u * v + 1u] + k);
+      let c = w4(wr[4u * v + 2u] + k);
+      let d = w4(wr[4u * v + 3u] + k);
+      wk[v][0] = vec4(a.x, b.x, c.x, d.x);
+      wk[v][1] = vec4(a.y, b.y, c.y, d.y);
+      wk[v][2] = vec4(a.z, b.z, c.z, d.z);
+      wk[v][3] = vec4(a.w, b.w, c.w, d.w);
     }
-    for (var i = flat; i < BN * BK; i += 256u) {
-      let n = i / BK;
-      let kk = i % BK;
-      let gn = col0 + n;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gn < N && gk < K) { v = weight(gn * K + gk); }
-      ws[kk * BN + n] = v;
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < TM; i++) { a[i] = xs[kk * BM + lid.y + 16u * i]; }
-      for (var j = 0u; j < TN; j++) { b[j] = ws[kk * BN + lid.x + 16u * j]; }
-      for (var i = 0u; i < TM; i++) {
-        for (var j = 0u; j < TN; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+    for (var i = 0u; i < TM; i++) {
+      let xv = x4(xr[i] + k);
+      for (var v = 0u; v < NV; v++) {
+        var s = acc[i][v];
+        s = fma(vec4(xv.x), wk[v][0], s);
+        s = fma(vec4(xv.y), wk[v][1], s);
+        s = fma(vec4(xv.z), wk[v][2], s);
+        s = fma(vec4(xv.w), wk[v][3], s);
+        acc[i][v] = s;
       }
     }
-    workgroupBarrier();
+  }
+  for (var k = k4; k < K; k++) {
+    for (var v = 0u; v < NV; v++) {
+      let wk = vec4(w1(wr[4u * v] + k), w1(wr[4u * v + 1u] + k), w1(wr[4u * v + 2u] + k),
+                    w1(wr[4u * v + 3u] + k));
+      for (var i = 0u; i < TM; i++) { acc[i][v] = fma(vec4(x1(xr[i] + k)), wk, acc[i][v]); }
+    }
   }
   for (var i = 0u; i < TM; i++) {
-    let m = row0 + lid.y + 16u * i;
-    if (m >= M) { continue; }
+    let m = m0 + i;
+    if (m >= M) { break; }
     for (var j = 0u; j < TN; j++) {
-      let n = col0 + lid.x + 16u * j;
-      if (n >= N) { continue; }
+      let n = n0 + j;
+      if (n >= N) { break; }
       let idx = m * N_TOTAL + COL_OFFSET + n;
-      if (ACCUMULATE) { y[idx] += acc[i][j]; } else { y[idx] = acc[i][j]; }
+      let v = acc[i][j / 4u][j % 4u];
+      if (ACCUMULATE) { y[idx] += v; } else { y[idx] = v; }
     }
   }
 }

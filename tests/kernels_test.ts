@@ -27,64 +27,126 @@ async function readF32(gpu: Gpu, b: GPUBuffer, n: number): Promise<Float32Array>
   return new Float32Array(await gpu.read(b, n * 4));
 }
 
+/** y = x · Wᵀ in float64 for (M, K) × (N, K). */
+function matmulRef(x: Float32Array, w: Float32Array, M: number, N: number, K: number) {
+  const out = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let kk = 0; kk < K; kk++) s += x[m * K + kk]! * w[n * K + kk]!;
+      out[m * N + n] = s;
+    }
+  }
+  return out;
+}
+
+/** Random (N, K) weights, uploaded as bf16 or f32; returns the values the GPU sees. */
+function randomWeight(gpu: Gpu, N: number, K: number, bf16: boolean, r: () => number) {
+  let w = randomArray(N * K, r);
+  const data = bf16 ? toBf16(w) : w;
+  if (bf16) w = fromBf16(data as Uint16Array);
+  return { w, weight: k.uploadSharded(gpu, "w", N, K, data) };
+}
+
+async function runMatmul(gpu: Gpu, x: Float32Array, weight: k.ShardedWeight, M: number) {
+  const y = gpu.storage("y", M * weight.rows * 4);
+  const step = stepUniform(gpu, M);
+  const ds = k.matmul(gpu, step, gpu.upload("x", x), weight, y);
+  await run(gpu, ds, { numTokens: M, numRows: 0, numLogitRows: 0 });
+  return await readF32(gpu, y, M * weight.rows);
+}
+
+// M = 1 runs the GEMV kernel, larger M the 4 × 8 register-tiled one. N, M and K are not
+// multiples of the tiles; odd K puts bf16 elements of odd rows across u32 words, and K
+// not a multiple of 4 takes the scalar loads and the k tail.
 for (const bf16 of [false, true]) {
-  for (const [M, N, K] of [[1, 67, 33], [5, 130, 100], [70, 65, 17], [3, 200, 257]] as const) {
+  for (
+    const [M, N, K] of [
+      [1, 67, 33],
+      [1, 258, 1024],
+      [1, 13, 7],
+      [2, 9, 3],
+      [5, 130, 100],
+      [70, 65, 17],
+      [3, 200, 257],
+      [11, 203, 66],
+    ] as const
+  ) {
     gpuTest(
       `matmul (${bf16 ? "bf16" : "f32"} weights) matches the CPU at M=${M} N=${N} K=${K}`,
       async (gpu) => {
         const r = rng(M * 1000 + N * 7 + K + (bf16 ? 1 : 0));
         const x = randomArray(M * K, r);
-        let w = randomArray(N * K, r);
-        const data = bf16 ? toBf16(w) : w;
-        if (bf16) w = fromBf16(data as Uint16Array);
-        const weight = k.uploadSharded(gpu, "w", N, K, data);
-        const y = gpu.storage("y", M * N * 4);
-        const step = stepUniform(gpu, M);
-        await run(gpu, k.matmul(gpu, step, gpu.upload("x", x), weight, y), {
-          numTokens: M,
-          numRows: 0,
-          numLogitRows: 0,
+        const { w, weight } = randomWeight(gpu, N, K, bf16, r);
+        assertClose(await runMatmul(gpu, x, weight, M), matmulRef(x, w, M, N, K), {
+          rtol: 1e-4,
+          atol: 1e-4,
+          what: "y",
         });
-        const expected = new Float64Array(M * N);
-        for (let m = 0; m < M; m++) {
-          for (let n = 0; n < N; n++) {
-            let s = 0;
-            for (let kk = 0; kk < K; kk++) s += x[m * K + kk]! * w[n * K + kk]!;
-            expected[m * N + n] = s;
-          }
-        }
-        assertClose(await readF32(gpu, y, M * N), expected, { rtol: 1e-4, atol: 1e-4, what: "y" });
       },
     );
   }
 }
 
-gpuTest("matmul accumulates into y and writes a column range of a wider output", async (gpu) => {
-  const [M, N, K, stride, offset] = [9, 37, 45, 100, 50];
-  const r = rng(42);
-  const x = randomArray(M * K, r);
-  const w = randomArray(N * K, r);
-  const y0 = randomArray(M * stride, r);
-  const y = gpu.upload("y", y0);
-  const step = stepUniform(gpu, 0, M);
-  const weight = k.uploadSharded(gpu, "w", N, K, w);
-  const ds = k.matmul(gpu, step, gpu.upload("x", x), weight, y, {
-    accumulate: true,
-    mFromRows: true,
-    yStride: stride,
-    yOffset: offset,
-  });
-  await run(gpu, ds, { numTokens: 0, numRows: M, numLogitRows: M });
-  const expected = Float64Array.from(y0);
-  for (let m = 0; m < M; m++) {
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let kk = 0; kk < K; kk++) s += x[m * K + kk]! * w[n * K + kk]!;
-      expected[m * stride + offset + n]! += s;
-    }
-  }
-  assertClose(await readF32(gpu, y, M * stride), expected, { rtol: 1e-4, atol: 1e-4, what: "y" });
-});
+for (const [bf16, K] of [[true, 1024], [true, 37], [false, 130]] as const) {
+  gpuTest(
+    `a row's matmul output is bit-identical at M=1 (GEMV) and M=70 (tiled), K=${K}`,
+    async (gpu) => {
+      const [N, M] = [75, 70];
+      const r = rng(K);
+      const x = randomArray(M * K, r);
+      const { weight } = randomWeight(gpu, N, K, bf16, r);
+      const batch = await runMatmul(gpu, x, weight, M);
+      for (const row of [0, 37, 69]) {
+        const alone = await runMatmul(gpu, x.slice(row * K, (row + 1) * K), weight, 1);
+        const inBatch = batch.subarray(row * N, (row + 1) * N);
+        for (let n = 0; n < N; n++) {
+          if (!Object.is(alone[n], inBatch[n])) {
+            throw new Error(
+              `row ${row} column ${n}: ${alone[n]} at M=1 but ${inBatch[n]} at M=${M}`,
+            );
+          }
+        }
+      }
+    },
+  );
+}
+
+for (const M of [1, 9]) {
+  gpuTest(
+    `matmul accumulates into y and writes a column range of a wider output (M=${M})`,
+    async (gpu) => {
+      const [N, K, stride, offset] = [37, 45, 100, 50];
+      const r = rng(42 + M);
+      const x = randomArray(M * K, r);
+      const w = randomArray(N * K, r);
+      const y0 = randomArray(M * stride, r);
+      const y = gpu.upload("y", y0);
+      const step = stepUniform(gpu, 0, M);
+      const weight = k.uploadSharded(gpu, "w", N, K, w);
+      const ds = k.matmul(gpu, step, gpu.upload("x", x), weight, y, {
+        accumulate: true,
+        mFromRows: true,
+        yStride: stride,
+        yOffset: offset,
+      });
+      await run(gpu, ds, { numTokens: 0, numRows: M, numLogitRows: M });
+      const expected = Float64Array.from(y0);
+      for (let m = 0; m < M; m++) {
+        for (let n = 0; n < N; n++) {
+          let s = 0;
+          for (let kk = 0; kk < K; kk++) s += x[m * K + kk]! * w[n * K + kk]!;
+          expected[m * stride + offset + n]! += s;
+        }
+      }
+      assertClose(await readF32(gpu, y, M * stride), expected, {
+        rtol: 1e-4,
+        atol: 1e-4,
+        what: "y",
+      });
+    },
+  );
+}
 
 gpuTest("weights larger than one binding are split into row shards", async (gpu) => {
   // Pretend the binding limit is tiny by sharding by hand through a fake gpu view.
@@ -103,7 +165,7 @@ gpuTest("weights larger than one binding are split into row shards", async (gpu)
   const y = gpu.storage("y", M * N * 4);
   const step = stepUniform(gpu, M);
   const ds = k.matmul(gpu, step, gpu.upload("x", x), { rows: N, cols: K, bf16: false, shards }, y);
-  assertEquals(ds.length, 3);
+  assertEquals(ds.length, 6); // a GEMV and a tiled dispatch per shard
   await run(gpu, ds, { numTokens: M, numRows: 0, numLogitRows: 0 });
   const expected = new Float64Array(M * N);
   for (let m = 0; m < M; m++) {

@@ -9,6 +9,7 @@
 import embeddingSrc from "../../shaders/embedding.wgsl" with { type: "text" };
 import rmsNormSrc from "../../shaders/rms_norm.wgsl" with { type: "text" };
 import matmulSrc from "../../shaders/matmul.wgsl" with { type: "text" };
+import gemvSrc from "../../shaders/gemv.wgsl" with { type: "text" };
 import rotarySrc from "../../shaders/rotary_kv.wgsl" with { type: "text" };
 import attentionSrc from "../../shaders/attention.wgsl" with { type: "text" };
 import siluMulSrc from "../../shaders/silu_mul.wgsl" with { type: "text" };
@@ -19,6 +20,7 @@ const KERNELS = {
   embedding: { name: "embedding", source: embeddingSrc },
   rmsNorm: { name: "rms_norm", source: rmsNormSrc },
   matmul: { name: "matmul", source: matmulSrc },
+  gemv: { name: "gemv", source: gemvSrc },
   rotary: { name: "rotary_kv", source: rotarySrc },
   attention: { name: "attention", source: attentionSrc },
   siluMul: { name: "silu_mul", source: siluMulSrc },
@@ -106,7 +108,19 @@ export function rmsNorm(
   };
 }
 
-/** y[:, shard cols] (+)= x · Wᵀ for every row shard of W. */
+/** Batches of at most this many rows run `gemv.wgsl`; larger ones `matmul.wgsl`. */
+export const GEMV_MAX_ROWS = 1;
+
+/** Outputs per invocation along (n, m) and invocations per workgroup of each kernel. */
+const GEMV_TILE = { n: 4, m: 1, invocations: 64 };
+const MATMUL_TILE = { n: 8, m: 4, invocations: 64 };
+
+/**
+ * y[:, shard cols] (+)= x · Wᵀ for every row shard of W. Each shard gets two dispatches,
+ * a GEMV and a register-tiled kernel, and the step's M picks one (the other launches no
+ * workgroups). Both sum every output over k in the same order, so a row's result does
+ * not depend on M or on the other rows of the batch.
+ */
 export function matmul(
   gpu: Gpu,
   step: GPUBuffer,
@@ -115,8 +129,9 @@ export function matmul(
   y: GPUBuffer,
   o: { accumulate?: boolean; mFromRows?: boolean; yStride?: number; yOffset?: number } = {},
 ): Dispatch[] {
-  return w.shards.map((shard) => {
-    const pipeline = gpu.pipeline(KERNELS.matmul, {
+  const rowsOf = (s: StepShape) => o.mFromRows ? s.numLogitRows : s.numTokens;
+  return w.shards.flatMap((shard) => {
+    const constants = {
       K: w.cols,
       N: shard.rows,
       N_TOTAL: o.yStride ?? w.rows,
@@ -124,15 +139,29 @@ export function matmul(
       BF16: w.bf16 ? 1 : 0,
       ACCUMULATE: o.accumulate ? 1 : 0,
       M_FROM_ROWS: o.mFromRows ? 1 : 0,
-    });
-    return {
-      label: "matmul",
-      pipeline,
-      bindGroup: gpu.bindGroup(pipeline, [step, x, shard.buffer, y]),
-      workgroups: (
-        s,
-      ) => [ceil(shard.rows, 64), ceil(o.mFromRows ? s.numLogitRows : s.numTokens, 64), 1],
     };
+    const launch = (
+      label: string,
+      kernel: Kernel,
+      tile: typeof GEMV_TILE,
+      runs: (m: number) => boolean,
+    ): Dispatch => {
+      const pipeline = gpu.pipeline(kernel, constants);
+      return {
+        label,
+        pipeline,
+        bindGroup: gpu.bindGroup(pipeline, [step, x, shard.buffer, y]),
+        workgroups: (s) => {
+          const m = rowsOf(s);
+          if (!runs(m)) return [0, 0, 0];
+          return [ceil(shard.rows, tile.n * tile.invocations), ceil(m, tile.m), 1];
+        },
+      };
+    };
+    return [
+      launch("gemv", KERNELS.gemv, GEMV_TILE, (m) => m <= GEMV_MAX_ROWS),
+      launch("matmul", KERNELS.matmul, MATMUL_TILE, (m) => m > GEMV_MAX_ROWS),
+    ];
   });
 }
 
