@@ -4,7 +4,8 @@
  * - `models/ernie-tiny/`: torch layout (`model.*`, `[out, in]`, separate
  *   q/k/v and gate/up), BF16, with the real ERNIE-4.5 config and tokenizer files;
  * - `models/ernie-tiny-paddle/`: the same weights in Paddle layout (`ernie.*`,
- *   `[in, out]`, fused qkv and gate|up columns, U16 raw bf16 bits).
+ *   `[in, out]`, fused qkv and gate|up columns, U16 raw bf16 bits), and the
+ *   same tokenizer as a SentencePiece `tokenizer.model` (no tokenizer.json).
  *
  * `makeModelDir` also writes a model with any other shape (the benchmark uses
  * the real 0.3B shapes), streaming one tensor at a time.
@@ -18,6 +19,7 @@ import { f32ToBf16Bits, SafetensorsWriter, type TensorSpec } from "../engine/loa
 import { BYTE_BASE, SPECIAL_TOKENS } from "./_bpe.ts";
 import { hashString, Rng } from "./_random.ts";
 import { buildTokenizerFiles, type TokenizerFiles } from "./_tokenizer_files.ts";
+import { encodeSentencePieceModel, fixtureSentencePieceModel } from "./_sentencepiece.ts";
 
 /** The tiny model's config.json, in the real ERNIE-4.5 format (vocab_size is filled in). */
 export const TINY_CONFIG: Readonly<Record<string, unknown>> = Object.freeze({
@@ -73,6 +75,12 @@ export interface MakeModelOptions {
   readonly layout?: "torch" | "paddle";
   /** Prebuilt tokenizer files (default: trained anew, under a second). */
   readonly tokenizer?: TokenizerFiles;
+  /**
+   * Tokenizer file to write: Hugging Face `tokenizer.json` (default for the
+   * torch layout) or SentencePiece `tokenizer.model` (default for Paddle,
+   * which ships no tokenizer.json). The other one is removed if present.
+   */
+  readonly tokenizerFile?: "tokenizer.json" | "tokenizer.model";
 }
 
 /** The tokenizer size rounded up to a multiple of 64, plus 64 rows of padding vocab. */
@@ -161,7 +169,18 @@ export async function makeModelDir(
     Deno.writeTextFile(join(dir, name), JSON.stringify(v, null, 2) + "\n");
   await writeJson("config.json", config);
   await writeJson("generation_config.json", GENERATION_CONFIG);
-  await writeJson("tokenizer.json", tok.tokenizerJson);
+  // --- tokenizer.json or SentencePiece tokenizer.model (see _sentencepiece.ts) ---
+  const tokenizerFile = opts.tokenizerFile ?? (paddle ? "tokenizer.model" : "tokenizer.json");
+  const other = tokenizerFile === "tokenizer.json" ? "tokenizer.model" : "tokenizer.json";
+  await Deno.remove(join(dir, other)).catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+  if (tokenizerFile === "tokenizer.json") await writeJson("tokenizer.json", tok.tokenizerJson);
+  else {
+    const model = fixtureSentencePieceModel(tok.tokenizerJson);
+    await Deno.writeFile(join(dir, "tokenizer.model"), encodeSentencePieceModel(model));
+  }
+  // --- end tokenizer file ---
   await writeJson("tokenizer_config.json", tok.tokenizerConfig);
 
   // Canonical tensors ([out, in], rows Q|K|V and GATE|UP), one layer cached at a time.

@@ -17,6 +17,7 @@
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { join } from "node:path";
+import { parseSentencePieceModel, sentencePieceToTokenizerJson } from "./sentencepiece.ts";
 type Json = Record<string, unknown>;
 
 /** One chat message as the template sees it (text parts already joined). */
@@ -125,7 +126,8 @@ export class ModelTokenizer {
   }
 
   /**
-   * Reads `DIR/tokenizer.json` and (optionally) `DIR/tokenizer_config.json`.
+   * Reads `DIR/tokenizer.json` (or, without it, the SentencePiece
+   * `DIR/tokenizer.model`) and (optionally) `DIR/tokenizer_config.json`.
    *
    * @example
    * ```ts
@@ -135,19 +137,27 @@ export class ModelTokenizer {
    */
   static async load(dir: string): Promise<ModelTokenizer> {
     const file = join(dir, "tokenizer.json");
-    let text: string;
+    let tokenizerJson: Json;
+    let source = file;
     try {
-      text = await Deno.readTextFile(file);
+      tokenizerJson = parseObject(await Deno.readTextFile(file), file);
     } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      // --- SentencePiece fallback (Paddle checkpoints ship only tokenizer.model) ---
+      source = join(dir, "tokenizer.model");
+      let bytes: Uint8Array;
+      try {
+        bytes = await Deno.readFile(source);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
         throw new Error(
-          `Cannot load tokenizer from "${dir}": tokenizer.json not found there ` +
-            `(a SentencePiece tokenizer.model alone is not supported yet)`,
+          `Cannot load tokenizer from "${dir}": neither tokenizer.json nor tokenizer.model ` +
+            `(SentencePiece) found there`,
         );
       }
-      throw e;
+      tokenizerJson = sentencePieceToTokenizerJson(parseSentencePieceModel(bytes, source), source);
+      // --- end SentencePiece fallback ---
     }
-    const tokenizerJson = parseObject(text, file);
     const configFile = join(dir, "tokenizer_config.json");
     let config: Json = {};
     try {
@@ -155,7 +165,7 @@ export class ModelTokenizer {
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    return new ModelTokenizer(tokenizerJson, config, file);
+    return new ModelTokenizer(tokenizerJson, config, source);
   }
 
   /**
