@@ -6,21 +6,9 @@
  */
 
 import { ModelTokenizer } from "../engine/loader/tokenizer.ts";
+import { ERNIE_CHAT_TEMPLATE } from "../engine/loader/chat_template.ts";
 
-/** ERNIE-4.5's chat template, as in its tokenizer_config.json. */
-export const ERNIE_CHAT_TEMPLATE = [
-  "{%- if not add_generation_prompt is defined -%}{%- set add_generation_prompt = true -%}{%- endif -%}",
-  '{%- if not cls_token is defined -%}{%- set cls_token = "<|begin_of_sentence|>" -%}{%- endif -%}',
-  '{%- if not sep_token is defined -%}{%- set sep_token = "<|end_of_sentence|>" -%}{%- endif -%}',
-  "{{- cls_token -}}",
-  "{%- for message in messages -%}",
-  '{%- if message["role"] == "user" -%}{{- "User: " + message["content"] + "\\n" -}}',
-  '{%- elif message["role"] == "assistant" -%}{{- "Assistant: " + message["content"] + sep_token -}}',
-  '{%- elif message["role"] == "system" -%}{{- message["content"] + "\\n" -}}',
-  "{%- endif -%}",
-  "{%- endfor -%}",
-  '{%- if add_generation_prompt -%}{{- "Assistant: " -}}{%- endif -%}',
-].join("");
+export { ERNIE_CHAT_TEMPLATE };
 
 /** Words the fixture merges into single pieces (every prefix is a piece too). */
 const WORDS = ["User", "Assistant", "hi", "▁hi", "hello", "▁hello", "▁world", "<|", "|>", "end"];

@@ -171,3 +171,18 @@ Deno.test("OutputText stops on a stop string spanning tokens", () => {
   assertEquals(stoppedAt, ids.length - 1);
   assertEquals(out.finish(), "hel");
 });
+
+Deno.test("the chat template comes from chat_template.jinja when tokenizer_config.json has none, else ERNIE's", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.copyFile("models/ernie-tiny/tokenizer.json", `${dir}/tokenizer.json`);
+  const config = JSON.parse(await Deno.readTextFile("models/ernie-tiny/tokenizer_config.json"));
+  delete config.chat_template;
+  await Deno.writeTextFile(`${dir}/tokenizer_config.json`, JSON.stringify(config));
+  const messages = [{ role: "user", content: "hi" }];
+  const fallback = await ModelTokenizer.load(dir);
+  assertEquals(fallback.applyChatTemplate(messages), "<|begin_of_sentence|>User: hi\nAssistant: ");
+  await Deno.writeTextFile(`${dir}/chat_template.jinja`, "{{ messages[0].content }}!");
+  const jinja = await ModelTokenizer.load(dir);
+  assertEquals(jinja.applyChatTemplate(messages), "hi!");
+  await Deno.remove(dir, { recursive: true });
+});

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { ERNIE_CHAT_TEMPLATE } from "../engine/loader/chat_template.ts";
 import { buildVocab, SPECIAL_TOKENS, tokenizerJson, trainBpe } from "./_bpe.ts";
 import { CORPUS } from "./_corpus.ts";
 
@@ -13,8 +14,7 @@ import { CORPUS } from "./_corpus.ts";
 export const NUM_MERGES = 2000;
 
 /** ERNIE-4.5's chat template, exactly as in its tokenizer_config.json. */
-export const CHAT_TEMPLATE =
-  '{%- if not add_generation_prompt is defined -%}\n    {%- set add_generation_prompt = true -%}\n{%- endif -%}\n{%- if not cls_token is defined -%}\n    {%- set cls_token = "<|begin_of_sentence|>" -%}\n{%- endif -%}\n{%- if not sep_token is defined -%}\n    {%- set sep_token = "<|end_of_sentence|>" -%}\n{%- endif -%}\n{{- cls_token -}}\n{%- for message in messages -%}\n    {%- if message["role"] == "user" -%}\n        {{- "User: " + message["content"] + "\n" -}}\n    {%- elif message["role"] == "assistant" -%}\n        {{- "Assistant: " + message["content"] + sep_token -}}\n    {%- elif message["role"] == "system" -%}\n        {{- message["content"] + "\n" -}}\n    {%- endif -%}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{- "Assistant: " -}}\n{%- endif -%}';
+export const CHAT_TEMPLATE = ERNIE_CHAT_TEMPLATE;
 
 /** Both tokenizer files as JSON objects, and the tokenizer's size. */
 export interface TokenizerFiles {

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { ERNIE_CHAT_TEMPLATE, findChatTemplate, pickTemplate } from "./chat_template.ts";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { join } from "node:path";
@@ -116,8 +117,7 @@ export class ModelTokenizer {
     if (eosSentence !== undefined) eos.add(eosSentence);
     this.eosTokenIds = [...eos];
 
-    const template = config["chat_template"];
-    this.chatTemplate = typeof template === "string" ? template : null;
+    this.chatTemplate = pickTemplate(config["chat_template"]);
     try {
       this.#template = this.chatTemplate === null ? null : new Template(this.chatTemplate);
     } catch (e) {
@@ -165,7 +165,9 @@ export class ModelTokenizer {
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    return new ModelTokenizer(tokenizerJson, config, source);
+    // Newer exports keep the template in its own file; a directory with none gets ERNIE-4.5's.
+    const template = await findChatTemplate(dir, config) ?? ERNIE_CHAT_TEMPLATE;
+    return new ModelTokenizer(tokenizerJson, { ...config, chat_template: template }, source);
   }
 
   /**
