@@ -283,7 +283,9 @@ export class Engine {
 
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
     const items = batch.items;
-    if (this.#lost) throw new Error(`The GPU device was lost (${this.#lost}); restart with --resume`);
+    if (this.#lost) {
+      throw new Error(`The GPU device was lost (${this.#lost}); restart with --resume`);
+    }
     const wantLogits = items.some((it) =>
       it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
     );
