@@ -12,6 +12,7 @@ import {
   buildSampling,
   checkModel,
   checkNoStream,
+  type CompletionUsage,
   type EndpointContext,
   type EngineLike,
   generateChoices,
@@ -64,12 +65,7 @@ export interface ChatCompletion {
     logprobs: { content: ChatTokenLogprob[] } | null;
     finish_reason: GenerateResult["finishReason"];
   }[];
-  usage: {
-    prompt_tokens: number;
-    completion_tokens: number;
-    total_tokens: number;
-    prompt_tokens_details: { cached_tokens: number };
-  };
+  usage: CompletionUsage;
 }
 
 /**

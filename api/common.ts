@@ -34,6 +34,14 @@ export interface EngineLike {
   embed(req: EmbedRequest, signal?: AbortSignal): Promise<EmbedResult>;
 }
 
+/** Token counts of a chat or text completion, in OpenAI's shape. */
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
 /** Per-request context the backend gives an endpoint. */
 export interface EndpointContext {
   /** Unique engine-request id base; choices append `-<index>`. */

@@ -13,6 +13,7 @@ import {
   checkModel,
   checkNoStream,
   checkTokenIds,
+  type CompletionUsage,
   type EndpointContext,
   type EngineLike,
   generateChoices,
@@ -59,12 +60,7 @@ export interface TextCompletion {
     logprobs: CompletionLogprobs | null;
     finish_reason: GenerateResult["finishReason"];
   }[];
-  usage: {
-    prompt_tokens: number;
-    completion_tokens: number;
-    total_tokens: number;
-    prompt_tokens_details: { cached_tokens: number };
-  };
+  usage: CompletionUsage;
 }
 
 /** Validates a completions body without tokenizing it. Throws {@linkcode RequestError}. */
