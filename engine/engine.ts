@@ -83,6 +83,8 @@ const GIB = 1024 ** 3;
 export class Engine {
   readonly #scheduler: Scheduler<SeqState>;
   readonly #eos: ReadonlySet<number>;
+  /** The same ids as a list, for the sampler's min_tokens mask. */
+  readonly #eosList: readonly number[];
   #loop: Promise<void> | null = null;
   #closed = false;
   #lost: string | null = null;
@@ -123,6 +125,7 @@ export class Engine {
       ...(generationDefaults.eosTokenIds ?? []),
       ...tokenizer.eosTokenIds,
     ]);
+    this.#eosList = [...this.#eos];
   }
 
   /** Hidden size of the model (the embedding width). */
@@ -349,7 +352,7 @@ export class Engine {
       outputIds: seq.outputIds,
       params: p,
       rngKey: { seed: st.seed, step: seq.numOutputTokens },
-      eosTokenIds: p.ignoreEos ? [] : [...this.#eos],
+      eosTokenIds: p.ignoreEos ? [] : this.#eosList,
     });
     if (p.logprobs) {
       st.logprobs.push({ tokenId: r.tokenId, logprob: r.logprob ?? 0, top: r.top ?? [] });

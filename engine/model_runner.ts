@@ -139,15 +139,11 @@ export class ModelRunner {
         (_, i) => gpu.storage(`v_cache.${i}`, slotBytes),
       ),
     };
-    const plan = await gpu.checked(
-      "Building the forward pass",
-      () =>
-        planForward(gpu, shape, weights, buffers, {
-          blockSize: o.blockSize,
-          maxBlocks: o.maxBlocksPerSeq,
-          validVocab: o.validVocab,
-        }),
-    );
+    const plan = planForward(gpu, shape, weights, buffers, {
+      blockSize: o.blockSize,
+      maxBlocks: o.maxBlocksPerSeq,
+      validVocab: o.validVocab,
+    });
     return new ModelRunner(
       gpu,
       shape,

@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "./_assert.ts";
 import { hasGpu } from "./_gpu.ts";
+import { spawnRunBatch } from "./_cli.ts";
 
 const N = 120;
 
@@ -28,27 +29,7 @@ async function writeInput(dir: string): Promise<string> {
 }
 
 function spawn(input: string, output: string, extra: string[] = []): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "cli.ts",
-      "run-batch",
-      "--model",
-      "models/ernie-tiny",
-      "-i",
-      input,
-      "-o",
-      output,
-      "-q",
-      "--max-num-seqs",
-      "8",
-      ...extra,
-    ],
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  return spawnRunBatch(input, output, ["--max-num-seqs", "8", ...extra]);
 }
 
 async function waitForLines(path: string, n: number): Promise<void> {
@@ -74,18 +55,24 @@ function assertOneSuccessEach(
   assertEquals(new Set(ok).size, N, "no duplicates");
 }
 
-Deno.test({
-  name: "SIGINT cancels the rest with batch_cancelled lines, and --resume completes the batch",
-  ignore: !hasGpu,
-}, async () => {
+/** Starts a batch, sends `signal` once 10 answers are written, and returns the exit code and paths. */
+async function interrupt(signal: Deno.Signal) {
   const dir = await Deno.makeTempDir();
   const input = await writeInput(dir);
   const output = join(dir, "out.jsonl");
   const child = spawn(input, output);
   await waitForLines(`${output}.partial`, 10);
-  child.kill("SIGINT");
-  const status = await child.status;
-  assert(status.code !== 0, `exit status ${status.code}`);
+  child.kill(signal);
+  const { code } = await child.status;
+  return { dir, input, output, code };
+}
+
+Deno.test({
+  name: "SIGINT cancels the rest with batch_cancelled lines, and --resume completes the batch",
+  ignore: !hasGpu,
+}, async () => {
+  const { dir, input, output, code } = await interrupt("SIGINT");
+  assertEquals(code, 130);
   const first = await answers(output).catch(async () => await answers(`${output}.partial`));
   assertEquals(first.length, N, "every request has a line");
   const cancelled = first.filter((l) => l.error?.code === "batch_cancelled");
@@ -101,13 +88,7 @@ Deno.test({
   name: "after SIGKILL mid-batch, --resume ends with exactly one answer per custom_id",
   ignore: !hasGpu,
 }, async () => {
-  const dir = await Deno.makeTempDir();
-  const input = await writeInput(dir);
-  const output = join(dir, "out.jsonl");
-  const child = spawn(input, output);
-  await waitForLines(`${output}.partial`, 10);
-  child.kill("SIGKILL");
-  await child.status;
+  const { dir, input, output } = await interrupt("SIGKILL");
   const resumed = await spawn(input, output, ["--resume"]).status;
   assertEquals(resumed.code, 0);
   const lines = await answers(output);

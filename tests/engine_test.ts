@@ -85,8 +85,8 @@ gpuTest("a seeded request samples the same text alone and among many others", as
     maxNumSeqs: 32,
   });
   assertEquals(among.ids[12], alone.ids[0]);
-  const unseeded = await runAll(gpu, [target!, { ...target!, id: "twin" }], {});
-  assertEquals(unseeded.ids[0], unseeded.ids[1], "same seed, same output");
+  const twins = await runAll(gpu, [target!, { ...target!, id: "twin" }], {});
+  assertEquals(twins.ids[0], twins.ids[1], "same seed, same output");
 });
 
 gpuTest("requests that cannot fit the context get a 400, and the others still run", async (gpu) => {

@@ -365,7 +365,7 @@ gpuTest(
 gpuTest(
   "attention is causal GQA over paged blocks, for prefill and decode rows together",
   async (gpu) => {
-    const [HQ, HKV, D, B, maxBlocks] = [4, 2, 24, 4, 8];
+    const [HQ, HKV, D, B] = [4, 2, 24, 4];
     const W = (HQ + 2 * HKV) * D;
     const r = rng(17);
     // Two sequences: seq 0 has 70 cached positions (> one chunk of 64) and decodes one token at
@@ -396,7 +396,6 @@ gpuTest(
       vCache: gpu.upload("v", vc),
       out,
     }, { heads: HQ, kvHeads: HKV, headDim: D, blockSize: B, maxBlocks: mb });
-    void maxBlocks;
     await run(gpu, [d], { numTokens: T, numRows: 0, numLogitRows: 0 });
     const got = await readF32(gpu, out, T * HQ * D);
     const expected = new Float64Array(T * HQ * D);
