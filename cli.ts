@@ -419,7 +419,7 @@ export async function main(args: readonly string[]): Promise<number> {
       });
     if (engine && !quiet) {
       console.error(
-        `batchwright: ${engine.modelName} on ${engine.gpu.description}; ` +
+        `batchwright: ${engine.modelName} on ${engine.runner.description}; ` +
           `max ${engine.runner.options.maxNumSeqs} seqs × ${engine.runner.options.maxNumBatchedTokens} tokens/step, ` +
           `KV cache ${engine.runner.options.numBlocks} blocks of ${engine.runner.options.blockSize} (${
             (engine.runner.kvBytes / 2 ** 20).toFixed(0)

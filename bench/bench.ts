@@ -203,7 +203,7 @@ if (!skip.has("e2e")) {
     prefixCacheHitRate: +engine.prefixCacheHitRate.toFixed(3),
     preemptions: engine.stats.preemptions,
     kvCacheMiB: +(engine.runner.kvBytes / 2 ** 20).toFixed(1),
-    weightsMiB: +(engine.runner.weights.bytes / 2 ** 20).toFixed(1),
+    weightsMiB: +(engine.runner.weightBytes / 2 ** 20).toFixed(1),
     peakRssMiB: +(Deno.memoryUsage().rss / 2 ** 20).toFixed(1),
   };
   console.log(

@@ -16,7 +16,9 @@ import {
 } from "./loader/config.ts";
 import { Checkpoint } from "./loader/checkpoint.ts";
 import { ModelTokenizer } from "./loader/tokenizer.ts";
-import { ModelRunner, type StepSeq } from "./model_runner.ts";
+import { ModelRunner } from "./model_runner.ts";
+import type { BackendLimits, Runner, RunnerOptions, StepSeq } from "./runner.ts";
+import type { ModelShape, WeightSource } from "./model.ts";
 import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { sample } from "./sampler.ts";
@@ -52,8 +54,32 @@ export interface EngineOptions {
   readonly pooling?: "last" | "mean";
   /** L2-normalise embeddings (default true). */
   readonly normalizeEmbeddings?: boolean;
+  /**
+   * Where the model runs: `"webgpu"` (WGSL kernels on the WebGPU adapter) or `"auto"`
+   * (the default: WebGPU).
+   */
+  readonly backend?: "auto" | "webgpu";
   /** An opened device (default: the runtime's default adapter). */
   readonly gpu?: Gpu;
+}
+
+/** A backend ready to create a runner once the engine has sized the KV pool. */
+interface BackendChoice {
+  readonly limits: BackendLimits;
+  create(shape: ModelShape, source: WeightSource, options: RunnerOptions): Promise<Runner>;
+}
+
+/** Opens the backend the options ask for and states its limits. */
+async function openBackend(options: EngineOptions, vocabSize: number): Promise<BackendChoice> {
+  const gpu = options.gpu ?? await Gpu.open();
+  return {
+    limits: {
+      maxKvBytesPerLayer: gpu.maxBinding - 16,
+      defaultKvBytes: 2 * GIB,
+      maxLogitRows: Math.floor(gpu.maxBinding / (vocabSize * 4)),
+    },
+    create: (shape, source, o) => ModelRunner.create(gpu, shape, source, o),
+  };
 }
 
 /** Counters for progress reports and benchmarks. */
@@ -97,15 +123,14 @@ export class Engine {
   };
 
   private constructor(
-    readonly gpu: Gpu,
-    readonly runner: ModelRunner,
+    readonly runner: Runner,
     readonly config: ModelConfig,
     readonly tokenizer: ModelTokenizer,
     readonly generationDefaults: GenerationConfig,
     readonly modelName: string,
     readonly maxModelLen: number,
     readonly options: Required<
-      Omit<EngineOptions, "gpu" | "servedModelName" | "kvCacheMemory" | "maxModelLen">
+      Omit<EngineOptions, "gpu" | "backend" | "servedModelName" | "kvCacheMemory" | "maxModelLen">
     >,
   ) {
     const o = runner.options;
@@ -117,9 +142,11 @@ export class Engine {
       enablePrefixCaching: options.enablePrefixCaching,
       maxModelLen,
     });
-    gpu.device.lost.then((info) => {
-      if (!this.#closed) this.#lost = info.message || info.reason || "unknown reason";
-    });
+    if (runner instanceof ModelRunner) {
+      runner.gpu.device.lost.then((info) => {
+        if (!this.#closed) this.#lost = info.message || info.reason || "unknown reason";
+      });
+    }
     this.#eos = new Set([
       ...config.eosTokenIds,
       ...(generationDefaults.eosTokenIds ?? []),
@@ -138,7 +165,8 @@ export class Engine {
     const config = await loadModelConfig(dir);
     const generation = await loadGenerationConfig(dir);
     const tokenizer = await ModelTokenizer.load(dir);
-    const gpu = options.gpu ?? await Gpu.open();
+    const backend = await openBackend(options, config.vocabSize);
+    const limits = backend.limits;
     const blockSize = options.blockSize ?? 16;
     const maxNumBatchedTokens = options.maxNumBatchedTokens ?? 512;
     const maxRequested = options.maxModelLen ?? config.maxPositionEmbeddings;
@@ -148,11 +176,10 @@ export class Engine {
       );
     }
     const bytesPerToken = config.numKvHeads * config.headDim * 4; // one layer, K or V
-    const maxLogitRows = Math.floor(gpu.maxBinding / (config.vocabSize * 4));
-    const maxNumSeqs = Math.min(options.maxNumSeqs ?? 64, maxLogitRows);
-    const budget = options.kvCacheMemory ?? 2 * GIB;
+    const maxNumSeqs = Math.min(options.maxNumSeqs ?? 64, limits.maxLogitRows);
+    const budget = options.kvCacheMemory ?? limits.defaultKvBytes;
     const tokensByBudget = Math.floor(budget / (2 * config.numLayers * bytesPerToken));
-    const tokensByBinding = Math.floor((gpu.maxBinding - 16) / bytesPerToken);
+    const tokensByBinding = Math.floor(limits.maxKvBytesPerLayer / bytesPerToken);
     const tokensWanted = maxNumSeqs * maxRequested;
     const numBlocks = Math.floor(
       Math.min(tokensByBudget, tokensByBinding, tokensWanted + blockSize) / blockSize,
@@ -165,9 +192,9 @@ export class Engine {
     const maxModelLen = Math.min(maxRequested, numBlocks * blockSize);
     const checkpoint = await Checkpoint.open(dir, config);
     const names = new Set(checkpoint.names());
-    let runner: ModelRunner;
+    let runner: Runner;
     try {
-      runner = await ModelRunner.create(gpu, config, {
+      runner = await backend.create(config, {
         get: (name) => (names.has(name) ? checkpoint.get(name) : Promise.resolve(null)),
       }, {
         maxNumBatchedTokens,
@@ -181,7 +208,7 @@ export class Engine {
       checkpoint.close();
     }
     const name = options.servedModelName ?? basename(resolve(dir));
-    return new Engine(gpu, runner, config, tokenizer, generation, name, maxModelLen, {
+    return new Engine(runner, config, tokenizer, generation, name, maxModelLen, {
       maxNumSeqs,
       maxNumBatchedTokens,
       blockSize,

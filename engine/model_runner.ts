@@ -18,50 +18,15 @@ import {
   uploadWeights,
   type WeightSource,
 } from "./model.ts";
+import type { Runner, RunnerOptions, StepResult, StepSeq } from "./runner.ts";
 
-/** Capacities fixed when the runner is created; nothing is allocated per step. */
-export interface RunnerOptions {
-  /** Most tokens computed in one step (T). */
-  readonly maxNumBatchedTokens: number;
-  /** Most sequences in one step (S). */
-  readonly maxNumSeqs: number;
-  /** KV blocks in the pool, and tokens per block. */
-  readonly numBlocks: number;
-  readonly blockSize: number;
-  /** Block-table row length: ceil(maxModelLen / blockSize). */
-  readonly maxBlocksPerSeq: number;
-  /** Logits at ids ≥ this are padding and never chosen by argmax. */
-  readonly validVocab: number;
-}
-
-/** One sequence's share of a step. */
-export interface StepSeq {
-  /** The ids computed in this step, at positions start, start+1, ... */
-  readonly tokens: ArrayLike<number>;
-  readonly start: number;
-  /** Physical KV blocks; must cover positions up to start + tokens.length − 1. */
-  readonly blockTable: readonly number[];
-  /**
-   * What the step returns for this sequence: nothing; the next token (logits or
-   * argmax of the last position); or final-normed hidden states of the last or
-   * of every position (embeddings).
-   */
-  readonly output: "none" | "sample" | "hidden-last" | "hidden-all";
-}
-
-/** What a step returns, in the order of the step's sequences. */
-export interface StepResult {
-  /** Sample rows (one per "sample" sequence): argmax ids when logits were not asked for. */
-  readonly ids?: Uint32Array;
-  /** Sample rows' logits: (sampleRows, vocab). */
-  readonly logits?: Float32Array;
-  /** Hidden rows (one per "hidden-last", one per token of "hidden-all"): (rows, hidden). */
-  readonly hidden?: Float32Array;
-}
+export type { RunnerOptions, StepResult, StepSeq };
 
 /** The model on the GPU with its step buffers and KV pool. */
-export class ModelRunner {
+export class ModelRunner implements Runner {
   readonly #staging: GPUBuffer;
+  readonly description: string;
+  readonly weightBytes: number;
 
   private constructor(
     readonly gpu: Gpu,
@@ -76,6 +41,8 @@ export class ModelRunner {
     /** Bytes of the KV pool. */
     readonly kvBytes: number,
   ) {
+    this.description = `webgpu: ${gpu.description}`;
+    this.weightBytes = weights.bytes;
     const bytes = maxLogitRows * shape.vocabSize * 4 + maxRows * shape.hiddenSize * 4;
     this.#staging = gpu.readback("staging", bytes);
   }

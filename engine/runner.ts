@@ -1,0 +1,77 @@
+/**
+ * The seam between the engine and a compute backend. A runner holds the
+ * model's weights and KV pool in its own layout and computes one scheduled
+ * step: WebGPU (`engine/model_runner.ts`) or WebAssembly SIMD on the CPU
+ * (`engine/backends/wasm/`). The engine, scheduler and sampler know nothing
+ * else about the backend.
+ *
+ * @module
+ */
+
+/** Capacities fixed when a runner is created; nothing is allocated per step. */
+export interface RunnerOptions {
+  /** Most tokens computed in one step (T). */
+  readonly maxNumBatchedTokens: number;
+  /** Most sequences in one step (S). */
+  readonly maxNumSeqs: number;
+  /** KV blocks in the pool, and tokens per block. */
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  /** Block-table row length: ceil(maxModelLen / blockSize). */
+  readonly maxBlocksPerSeq: number;
+  /** Logits at ids ≥ this are padding and never chosen by argmax. */
+  readonly validVocab: number;
+}
+
+/** One sequence's share of a step. */
+export interface StepSeq {
+  /** The ids computed in this step, at positions start, start+1, ... */
+  readonly tokens: ArrayLike<number>;
+  readonly start: number;
+  /** Physical KV blocks; must cover positions up to start + tokens.length − 1. */
+  readonly blockTable: readonly number[];
+  /**
+   * What the step returns for this sequence: nothing; the next token (logits or
+   * argmax of the last position); or final-normed hidden states of the last or
+   * of every position (embeddings).
+   */
+  readonly output: "none" | "sample" | "hidden-last" | "hidden-all";
+}
+
+/** What a step returns, in the order of the step's sequences. */
+export interface StepResult {
+  /** Sample rows (one per "sample" sequence): argmax ids when logits were not asked for. */
+  readonly ids?: Uint32Array;
+  /** Sample rows' logits: (sampleRows, vocab). */
+  readonly logits?: Float32Array;
+  /** Hidden rows (one per "hidden-last", one per token of "hidden-all"): (rows, hidden). */
+  readonly hidden?: Float32Array;
+}
+
+/** What limits a backend puts on the engine's sizes, known before weights load. */
+export interface BackendLimits {
+  /** Largest KV pool of one layer's K (or V), in bytes (a storage binding, a wasm memory). */
+  readonly maxKvBytesPerLayer: number;
+  /** Default KV pool budget in bytes when the user sets none. */
+  readonly defaultKvBytes: number;
+  /** Most logit rows one step can hold: caps the sequences per step. */
+  readonly maxLogitRows: number;
+}
+
+/** A model on a compute backend, with its step buffers and KV pool. */
+export interface Runner {
+  /** Which backend this is, for logs and benchmarks ("webgpu: llvmpipe …", "wasm: 2 threads"). */
+  readonly description: string;
+  readonly options: RunnerOptions;
+  /** Bytes of the KV pool. */
+  readonly kvBytes: number;
+  /** Bytes of the weights as the backend holds them. */
+  readonly weightBytes: number;
+  /**
+   * Runs one forward step over the scheduled sequences. Sample rows get argmax
+   * ids, or their full logits when `wantLogits` (for the CPU sampler).
+   */
+  step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult>;
+  /** Releases the weights, the KV pool and the step buffers. */
+  destroy(): void;
+}
