@@ -1,11 +1,16 @@
 /**
  * Shared helper for tests that need a WebGPU adapter: opens one device per
  * test file and registers GPU tests as ignored, with the reason printed, when
- * no adapter exists.
+ * no adapter exists. When the environment says an adapter must exist
+ * (`BATCHWRIGHT_REQUIRE_GPU=1`, set by `.ci/run`), they fail instead, so a
+ * broken driver install never passes as green.
  *
  * @module
  */
 import { Gpu } from "../engine/gpu/device.ts";
+
+/** The environment variable that turns "no adapter" from a skip into a failure. */
+export const REQUIRE_GPU_ENV = "BATCHWRIGHT_REQUIRE_GPU";
 
 async function tryOpen(): Promise<{ gpu: Gpu | null; reason: string }> {
   try {
@@ -16,19 +21,36 @@ async function tryOpen(): Promise<{ gpu: Gpu | null; reason: string }> {
 }
 
 const opened = await tryOpen();
-if (!opened.gpu) console.error(`GPU tests skipped: ${opened.reason}`);
+const required = Deno.env.get(REQUIRE_GPU_ENV) === "1";
+const missing = `No WebGPU adapter opened, but ${REQUIRE_GPU_ENV}=1 says one must exist: ` +
+  opened.reason;
+if (!opened.gpu) console.error(required ? missing : `GPU tests skipped: ${opened.reason}`);
 
-/** Whether this machine has a WebGPU adapter (tests that spawn the CLI skip without one). */
+/** Whether this machine has a WebGPU adapter. */
 export const hasGpu: boolean = opened.gpu !== null;
 
-/** Registers a test that runs on the shared device, or is ignored when there is none. */
+/**
+ * Whether tests that need an adapter but not this device (they spawn the CLI)
+ * are ignored: only when there is none and none is required. When one is
+ * required they run, and fail on the missing adapter.
+ */
+export const ignoreWithoutGpu: boolean = !hasGpu && !required;
+
+/**
+ * Registers a test that runs on the shared device; without one it is ignored,
+ * or fails when `BATCHWRIGHT_REQUIRE_GPU=1`.
+ */
 export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
+  const gpu = opened.gpu;
   Deno.test({
     name,
-    ignore: opened.gpu === null,
+    ignore: ignoreWithoutGpu,
     sanitizeResources: false,
     sanitizeOps: false,
-    fn: () => fn(opened.gpu!),
+    fn: () => {
+      if (gpu === null) throw new Error(missing);
+      return fn(gpu);
+    },
   });
 }
 

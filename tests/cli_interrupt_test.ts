@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./_assert.ts";
-import { hasGpu } from "./_gpu.ts";
+import { ignoreWithoutGpu } from "./_gpu.ts";
 import { spawnRunBatch } from "./_cli.ts";
 
 const N = 120;
@@ -69,7 +69,7 @@ async function interrupt(signal: Deno.Signal) {
 
 Deno.test({
   name: "SIGINT cancels the rest with batch_cancelled lines, and --resume completes the batch",
-  ignore: !hasGpu,
+  ignore: ignoreWithoutGpu,
 }, async () => {
   const { dir, input, output, code } = await interrupt("SIGINT");
   assertEquals(code, 130);
@@ -86,7 +86,7 @@ Deno.test({
 
 Deno.test({
   name: "after SIGKILL mid-batch, --resume ends with exactly one answer per custom_id",
-  ignore: !hasGpu,
+  ignore: ignoreWithoutGpu,
 }, async () => {
   const { dir, input, output } = await interrupt("SIGKILL");
   const resumed = await spawn(input, output, ["--resume"]).status;

@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
-import { hasGpu } from "./_gpu.ts";
+import { ignoreWithoutGpu } from "./_gpu.ts";
 import { runCli } from "./_cli.ts";
 
 const cli = runCli;
@@ -90,7 +90,7 @@ Deno.test("a missing model directory is a clear error naming it", async () => {
 
 Deno.test({
   name: "run-batch answers every line of a real batch on the shipped model",
-  ignore: !hasGpu,
+  ignore: ignoreWithoutGpu,
 }, async () => {
   const dir = await Deno.makeTempDir();
   const input = join(dir, "in.jsonl");

@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
-import { hasGpu } from "./_gpu.ts";
+import { ignoreWithoutGpu } from "./_gpu.ts";
 import { startServer, type TestServer } from "./_http_servers.ts";
 import { downloadModel, type DownloadProgress, parseModelRef } from "../engine/loader/hub.ts";
 
@@ -270,7 +270,7 @@ Deno.test("hub ids are owner/name with an optional @revision", () => {
 
 Deno.test({
   name: "run-batch --model owner/name downloads the model and answers the batch",
-  ignore: !hasGpu,
+  ignore: ignoreWithoutGpu,
   async fn() {
     const hub = startFakeHub({ repos: { "owner/tiny": await tinyFiles() } });
     const home = await Deno.makeTempDir({ prefix: "hub_cli_" });
