@@ -738,8 +738,9 @@ gpuTest(
   },
 );
 
-gpuTest("the shared engine closes after serving every request", async (gpu) => {
-  const s = await setup(gpu);
-  await s.engine.close();
+// The shared engine is released once every test of this file has run.
+Deno.test.afterAll(async () => {
+  const s = await suite;
   suite = undefined;
+  await s?.engine.close();
 });
