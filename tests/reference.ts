@@ -114,6 +114,29 @@ export function ropeInterleaved(x: Float64Array, pos: number, theta: number): Fl
   return x;
 }
 
+/**
+ * Interleaved RoPE of one head vector with the angles the spec computes in f32
+ * (ERNIE45.md: angle = pos · inv_freq[i], both f32, rounded once more), then
+ * sin, cos and the rotation in float64. At large positions this is the
+ * model's own rotation, which the float64-angle {@linkcode ropeInterleaved}
+ * differs from by up to angle · 2⁻²³.
+ */
+export function ropeInterleavedF32Angles(
+  x: ArrayLike<number>,
+  pos: number,
+  invFreq: Float32Array, // (headDim / 2)
+): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < x.length / 2; i++) {
+    const angle = Math.fround(Math.fround(pos) * invFreq[i]!);
+    const c = Math.cos(angle), s = Math.sin(angle);
+    const a = x[2 * i]!, b = x[2 * i + 1]!;
+    out[2 * i] = a * c - b * s;
+    out[2 * i + 1] = b * c + a * s;
+  }
+  return out;
+}
+
 /** log-softmax of a logit vector; -Infinity entries stay -Infinity. */
 export function logSoftmax(logits: Float64Array): Float64Array {
   let max = -Infinity;
@@ -290,7 +313,7 @@ export class ReferenceModel {
 
   /**
    * Greedy decoding: up to `n` new ids; stops at an id in `eosIds`, which is
-   * not included in the result.
+   * included in the result (as in vLLM's output token ids).
    */
   greedy(promptIds: readonly number[], n: number, eosIds: readonly number[] = []): number[] {
     const cache = this.newCache();
@@ -298,8 +321,8 @@ export class ReferenceModel {
     const out: number[] = [];
     while (out.length < n) {
       const id = argmax(logits);
-      if (eosIds.includes(id)) break;
       out.push(id);
+      if (eosIds.includes(id)) break;
       logits = this.step(cache, [id], promptIds.length + out.length - 1)[0]!;
     }
     return out;
