@@ -61,6 +61,26 @@ export interface EngineOptions {
   readonly backend?: "auto" | "webgpu";
   /** An opened device (default: the runtime's default adapter). */
   readonly gpu?: Gpu;
+  /** Called as the weights load (the engine prints nothing itself). */
+  readonly onProgress?: (progress: LoadProgress) => void;
+  /** Called after every engine step (for metrics). */
+  readonly onStep?: (step: StepReport) => void;
+}
+
+/** How far {@linkcode Engine.load} got: `done` of `total` weight tensors read. */
+export interface LoadProgress {
+  readonly stage: "weights";
+  readonly done: number;
+  readonly total: number;
+}
+
+/** One engine step, as reported to `onStep`. */
+export interface StepReport {
+  /** Wall time of the step (inputs, compute, read-back, sampling). */
+  readonly seconds: number;
+  /** Tokens computed in the step (prefill chunks and decodes). */
+  readonly numTokens: number;
+  readonly numSeqs: number;
 }
 
 /** A backend ready to create a runner once the engine has sized the KV pool. */
@@ -130,8 +150,18 @@ export class Engine {
     readonly modelName: string,
     readonly maxModelLen: number,
     readonly options: Required<
-      Omit<EngineOptions, "gpu" | "backend" | "servedModelName" | "kvCacheMemory" | "maxModelLen">
+      Omit<
+        EngineOptions,
+        | "gpu"
+        | "backend"
+        | "servedModelName"
+        | "kvCacheMemory"
+        | "maxModelLen"
+        | "onProgress"
+        | "onStep"
+      >
     >,
+    readonly onStep?: (step: StepReport) => void,
   ) {
     const o = runner.options;
     this.#scheduler = new Scheduler({
@@ -192,10 +222,17 @@ export class Engine {
     const maxModelLen = Math.min(maxRequested, numBlocks * blockSize);
     const checkpoint = await Checkpoint.open(dir, config);
     const names = new Set(checkpoint.names());
+    let loaded = 0;
+    const loadedOne = <T>(tensor: T): T => {
+      options.onProgress?.({ stage: "weights", done: ++loaded, total: names.size });
+      return tensor;
+    };
     let runner: Runner;
     try {
       runner = await backend.create(config, {
-        get: (name) => (names.has(name) ? checkpoint.get(name) : Promise.resolve(null)),
+        get: (
+          name,
+        ) => (names.has(name) ? checkpoint.get(name).then(loadedOne) : Promise.resolve(null)),
       }, {
         maxNumBatchedTokens,
         maxNumSeqs,
@@ -216,7 +253,7 @@ export class Engine {
       enablePrefixCaching: (options.enablePrefixCaching ?? true) && options.pooling !== "mean",
       pooling: options.pooling ?? "last",
       normalizeEmbeddings: options.normalizeEmbeddings ?? true,
-    });
+    }, options.onStep);
   }
 
   /** Ids whose logits are real tokens (the rest of the embedding is padding). */
@@ -227,6 +264,28 @@ export class Engine {
   /** Prefix-cache hit rate over all admitted prompt tokens. */
   get prefixCacheHitRate(): number {
     return this.#scheduler.blockManager.hitRate;
+  }
+
+  /** Sequences in the running queue (being prefilled or decoded). */
+  get numRunning(): number {
+    return this.#scheduler.numRunning;
+  }
+
+  /** Sequences waiting for admission (new or preempted). */
+  get numWaiting(): number {
+    return this.#scheduler.numWaiting;
+  }
+
+  /** Fraction of KV blocks held by sequences (0..1; evictable cached blocks count as free). */
+  get kvCacheUsage(): number {
+    const blocks = this.#scheduler.blockManager;
+    return 1 - blocks.numFreeBlocks / blocks.numBlocks;
+  }
+
+  /** Prompt tokens looked up in the prefix cache, and those found there. */
+  get prefixCacheTokens(): { readonly queries: number; readonly hits: number } {
+    const blocks = this.#scheduler.blockManager;
+    return { queries: blocks.queriedTokens, hits: blocks.hitTokens };
   }
 
   /** Generates a completion for one prompt. */
@@ -298,7 +357,13 @@ export class Engine {
       }
       if (batch.items.length === 0) continue;
       try {
+        const started = performance.now();
         await this.#step(batch);
+        this.onStep?.({
+          seconds: (performance.now() - started) / 1000,
+          numTokens: batch.numTokens,
+          numSeqs: batch.items.length,
+        });
       } catch (e) {
         // A GPU failure fails the step's requests, not the process.
         for (const { seq } of batch.items) {
