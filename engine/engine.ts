@@ -457,7 +457,7 @@ export class Engine {
     const p = seq.request.sampling;
     const st = seq.state!;
     const isEos = (!p.ignoreEos && this.#eos.has(id)) || p.stopTokenIds.includes(id);
-    if (isEos && seq.numOutputTokens >= p.minTokens) return this.#finish(seq, "stop");
+    if (isEos && seq.numOutputTokens >= p.minTokens) return this.#finish(seq, "stop", id);
     seq.appendToken(id);
     if (st.text!.push(id)) return this.#finish(seq, "stop");
     if (seq.numOutputTokens >= p.maxTokens || seq.numTokens >= this.maxModelLen) {
@@ -465,13 +465,20 @@ export class Engine {
     }
   }
 
-  #finish(seq: Sequence<SeqState>, reason: FinishReason): void {
+  /**
+   * Resolves a finished sequence. `endId` is the end-of-sequence or stop id that
+   * ended it: counted in the output ids (and so in `completion_tokens`, next to
+   * its logprobs entry) but not in the text, as vLLM does.
+   */
+  #finish(seq: Sequence<SeqState>, reason: FinishReason, endId?: number): void {
     this.#scheduler.finish(seq);
     const st = seq.state!;
+    const tokenIds = seq.outputIds;
+    if (endId !== undefined) tokenIds.push(endId);
     st.resolve(
       {
         id: seq.id,
-        tokenIds: seq.outputIds,
+        tokenIds,
         text: st.text!.finish(),
         finishReason: reason,
         promptTokens: seq.numPromptTokens,

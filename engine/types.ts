@@ -84,7 +84,12 @@ export type FinishReason = "stop" | "length";
 /** What the engine gives back for one finished sequence. */
 export interface GenerateResult {
   readonly id: string;
-  /** Generated ids, without a final end-of-sequence id and without stop-string tokens cut. */
+  /**
+   * Generated ids, with the end-of-sequence or stop id that ended generation
+   * (as vLLM's `token_ids`: it is counted in `completion_tokens` and has a
+   * logprobs entry, but is not in the text), and with the tokens of a stop
+   * string kept.
+   */
   readonly tokenIds: readonly number[];
   /** Decoded text with the stop string (and what followed it) removed. */
   readonly text: string;

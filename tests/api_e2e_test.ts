@@ -386,6 +386,7 @@ gpuTest(
     assertEquals(out, s.ref.greedy(prompt, 12, s.eos));
     const content = res.choices[0]!.logprobs!.content;
     assertEquals(content.length, out.length);
+    assertEquals(res.usage.completion_tokens, content.length, "an end id is counted in both");
     const tok = s.engine.tokenizer;
     stepLogits(s.ref, prompt, out).forEach((logits, t) => {
       const lp = logSoftmax(logits);
@@ -478,17 +479,19 @@ gpuTest(
         logit_bias: { 1000: 100 },
       }),
     ]);
-    assertEquals(none.res.usage.completion_tokens, 0);
+    // The end id counts as a completion token (as in vLLM) but is not in the text.
+    assertEquals(none.res.usage.completion_tokens, 1);
     assertEquals([none.res.choices[0]!.finish_reason, texts(none.res)[0]], ["stop", ""]);
-    assertEquals(five.res.usage.completion_tokens, 5);
+    assertEquals(five.res.usage.completion_tokens, 6);
     assertEquals(five.res.choices[0]!.finish_reason, "stop");
     assert(
-      five.runs[0]!.tokenIds.every((id) => !s.eos.includes(id)),
+      five.runs[0]!.tokenIds.slice(0, 5).every((id) => !s.eos.includes(id)),
       "no end id before min_tokens",
     );
+    assertEquals(five.runs[0]!.tokenIds[5], eos);
     // The first five steps are the greedy choice with every end id masked.
     const prompt = chatIds(s, STORY);
-    const out = five.runs[0]!.tokenIds;
+    const out = five.runs[0]!.tokenIds.slice(0, 5);
     stepLogits(s.ref, prompt, out).forEach((l, t) => {
       for (const id of s.eos) l[id] = -Infinity;
       assertChosen(l, out[t]!, `min_tokens step ${t}`);
@@ -497,7 +500,7 @@ gpuTest(
     assertEquals(ignored.res.choices[0]!.finish_reason, "length");
     assertEquals(texts(ignored.res)[0], "", "end ids are special: not in the text");
     assertEquals([stopId.res.usage.completion_tokens, stopId.res.choices[0]!.finish_reason], [
-      0,
+      1,
       "stop",
     ]);
   },

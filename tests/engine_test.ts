@@ -117,3 +117,26 @@ gpuTest("embeddings are L2-normalised final hidden states of the last token", as
   assert(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
   await engine.close();
 });
+
+gpuTest(
+  "an answer ending on eos counts it in tokenIds and in logprobs alike (vLLM)",
+  async (gpu) => {
+    const engine = await Engine.load(MODEL, { gpu });
+    const eos = engine.tokenizer.eosTokenIds[0]!;
+    const sampling = {
+      ...DEFAULT_SAMPLING,
+      temperature: 0,
+      maxTokens: 10,
+      minTokens: 2,
+      logitBias: new Map([[eos, 100]]),
+      logprobs: true,
+    };
+    const r = await engine.generate({ id: "eos", promptIds: [300, 301, 302], sampling });
+    assertEquals(r.finishReason, "stop");
+    assertEquals(r.tokenIds.length, 3, "two tokens held by min_tokens, then eos");
+    assertEquals(r.tokenIds[2], eos);
+    assertEquals(r.logprobs!.map((l) => l.tokenId), [...r.tokenIds]);
+    assertEquals(r.text, engine.tokenizer.decode(r.tokenIds.slice(0, 2)), "eos is not in the text");
+    await engine.close();
+  },
+);

@@ -97,5 +97,5 @@ Deno.test("reference: greedy decoding matches argmax of forward and stops at eos
   const all = ref.forward([...prompt, ...out]);
   out.forEach((id, i) => assertEquals(argmax(all[prompt.length - 1 + i]!), id));
   const eos = out[out.length - 1]!;
-  assertEquals(ref.greedy(prompt, 6, [eos]), out.slice(0, out.indexOf(eos)));
+  assertEquals(ref.greedy(prompt, 6, [eos]), out.slice(0, out.indexOf(eos) + 1));
 });
