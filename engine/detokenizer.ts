@@ -126,8 +126,14 @@ export class StopStringMatcher {
     return this.#stopped;
   }
 
-  /** Adds new text; returns what may be emitted and whether a stop string ended it. */
-  push(delta: string): StopStep {
+  /**
+   * Adds new text; returns what may be emitted and whether a stop string ended
+   * it. Only a stop string that ends inside `delta` counts (it may start in
+   * held-back text), as vLLM searches only new text. With `search` false
+   * (before `min_tokens`) nothing can stop, but the text is still held back
+   * where it could start a stop string completed later.
+   */
+  push(delta: string, search = true): StopStep {
     if (this.#stopped) return { text: "", stopped: true };
     const text = this.#held + delta;
     if (this.#stops.length === 0) {
@@ -135,8 +141,8 @@ export class StopStringMatcher {
       return { text, stopped: false };
     }
     let earliest = -1;
-    for (const stop of this.#stops) {
-      const at = text.indexOf(stop);
+    for (const stop of search && delta.length > 0 ? this.#stops : []) {
+      const at = text.indexOf(stop, Math.max(0, this.#held.length - stop.length + 1));
       if (at >= 0 && (earliest < 0 || at < earliest)) earliest = at;
     }
     if (earliest >= 0) {
@@ -169,7 +175,9 @@ export class StopStringMatcher {
 /**
  * A sequence's output text: incremental detokenization plus stop strings.
  * The engine pushes each generated id (end-of-sequence ids excluded) and
- * finishes with reason "stop" when `push` returns true.
+ * finishes with reason "stop" when `push` returns true. As in vLLM, no stop
+ * string ends the text until more than `minTokens` ids were pushed; a stop
+ * string may still begin in the text of those first ids.
  *
  * @example
  * ```ts
@@ -184,25 +192,34 @@ export class StopStringMatcher {
 export class OutputText {
   readonly #detok: IncrementalDetokenizer;
   readonly #matcher: StopStringMatcher;
+  readonly #minTokens: number;
+  #pushed = 0;
   #text = "";
 
-  /** `stop`: stop strings; `promptIds` and `skipSpecialTokens` as for {@linkcode IncrementalDetokenizer}. */
+  /**
+   * `stop`: stop strings; `minTokens`: ids pushed before a stop string may end
+   * the text (default 0); `promptIds` and `skipSpecialTokens` as for
+   * {@linkcode IncrementalDetokenizer}.
+   */
   constructor(
     tokenizer: TokenDecoder,
     options: {
       stop?: readonly string[];
+      minTokens?: number;
       promptIds?: readonly number[];
       skipSpecialTokens?: boolean;
     } = {},
   ) {
     this.#detok = new IncrementalDetokenizer(tokenizer, options);
     this.#matcher = new StopStringMatcher(options.stop ?? []);
+    this.#minTokens = options.minTokens ?? 0;
   }
 
   /** Adds a generated id; true when a stop string was reached. */
   push(id: number): boolean {
     if (this.#matcher.stopped) return true;
-    const step = this.#matcher.push(this.#detok.push(id));
+    this.#pushed++;
+    const step = this.#matcher.push(this.#detok.push(id), this.#pushed > this.#minTokens);
     this.#text += step.text;
     return step.stopped;
   }

@@ -329,7 +329,11 @@ export class Engine {
         reject,
         seed,
         text: kind === "generate"
-          ? new OutputText(this.tokenizer, { stop: req.sampling.stop, promptIds: req.promptIds })
+          ? new OutputText(this.tokenizer, {
+            stop: req.sampling.stop,
+            minTokens: req.sampling.minTokens,
+            promptIds: req.promptIds,
+          })
           : undefined,
         logprobs: [],
         hiddenSum: kind === "embed" ? new Float64Array(this.config.hiddenSize) : undefined,

@@ -140,3 +140,24 @@ gpuTest(
     await engine.close();
   },
 );
+
+gpuTest("no stop string ends a request before min_tokens (vLLM)", async (gpu) => {
+  const engine = await Engine.load(MODEL, { gpu });
+  const base = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 16, ignoreEos: true };
+  const promptIds = [300, 301, 302, 303];
+  const full = await engine.generate({ id: "full", promptIds, sampling: base });
+  // A character of the first token's text: without min_tokens it stops at once.
+  const stop = [...engine.tokenizer.decode(full.tokenIds.slice(0, 1))].find((c) => c.trim())!;
+  assert(stop !== undefined, `first token ${full.tokenIds[0]} has visible text`);
+  const sampling = { ...base, stop: [stop] };
+  const early = await engine.generate({ id: "early", promptIds, sampling });
+  assertEquals(early.tokenIds.length, 1);
+  const held = await engine.generate({
+    id: "held",
+    promptIds,
+    sampling: { ...sampling, minTokens: 8 },
+  });
+  assert(held.tokenIds.length > 8, `stopped after ${held.tokenIds.length} tokens, min_tokens 8`);
+  assertEquals(held.tokenIds, full.tokenIds.slice(0, held.tokenIds.length));
+  await engine.close();
+});

@@ -186,3 +186,24 @@ Deno.test("the chat template comes from chat_template.jinja when tokenizer_confi
   assertEquals(jinja.applyChatTemplate(messages), "hi!");
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("before min_tokens no stop string ends the text, but one may begin there (vLLM)", () => {
+  const tok = tinyTokenizer();
+  const ids = tok.encode("hello world, world");
+  const first = tok.encode("hello world").length;
+  const run = (stop: string, minTokens: number) => {
+    const out = new OutputText(tok, { stop: [stop], minTokens });
+    const stoppedAt = ids.findIndex((id) => out.push(id));
+    return { stoppedAt, text: out.finish() };
+  };
+  // "world" completes inside the first `first` ids: only the second one ends the text.
+  assertEquals(run("world", 0).text, "hello ");
+  assertEquals(run("world", first), { stoppedAt: ids.length - 1, text: "hello world, " });
+  // A stop string begun before min_tokens and completed after it still counts.
+  const spanAt = tok.encode("hello wor").length;
+  const span = run("lo wor", spanAt - 1);
+  assertEquals(span.text, "hel");
+  assert(span.stoppedAt >= spanAt - 1, `stopped at ${span.stoppedAt}`);
+  // A stop string entirely within the first min_tokens ids never counts later.
+  assertEquals(run("hello", first), { stoppedAt: -1, text: "hello world, world" });
+});
