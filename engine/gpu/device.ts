@@ -36,6 +36,11 @@ export class Gpu {
     readonly description: string,
   ) {}
 
+  /** Whether shaders may use f16 (`enable f16;`): the device has `shader-f16`. */
+  get hasF16(): boolean {
+    return this.device.features.has("shader-f16");
+  }
+
   /** The largest buffer a single storage binding may cover. */
   get maxBinding(): number {
     return this.device.limits.maxStorageBufferBindingSize;
@@ -58,7 +63,10 @@ export class Gpu {
       );
     }
     const l = adapter.limits;
+    // f16 in shaders where the adapter has it (GEMM arithmetic, f16 KV cache kernels).
+    const features = (["shader-f16"] as const).filter((f) => adapter.features.has(f));
     const device = await adapter.requestDevice({
+      requiredFeatures: features,
       requiredLimits: {
         maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
         maxBufferSize: l.maxBufferSize,
