@@ -1,7 +1,8 @@
 // Causal grouped-query attention over the paged KV cache, one workgroup per
 // (token, query head). The token at position p attends to positions 0..p of
 // its own sequence, read through that sequence's block table, with an online
-// softmax over chunks of 64 keys (f32 throughout).
+// softmax over chunks of 64 keys (f32 throughout). The cache holds f32 bits, or
+// with KV_F16 f16 pairs packed in u32.
 
 override HQ: u32;          // query heads
 override HKV: u32;         // key/value heads (query head h reads kv head h / (HQ / HKV))
@@ -9,6 +10,7 @@ override D: u32;           // head dim (≤ 256)
 override BLOCK: u32;       // tokens per KV block
 override MAX_BLOCKS: u32;  // block-table row length
 override SCALE: f32;       // 1 / sqrt(D)
+override KV_F16: bool = false;  // the cache holds f16 pairs
 
 const C = 64u;             // keys per chunk = invocations per workgroup
 const DPT = 4u;            // output dims per invocation (D ≤ C · DPT)
@@ -21,8 +23,8 @@ struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 @group(0) @binding(2) var<storage, read> positions: array<u32>;    // (T)
 @group(0) @binding(3) var<storage, read> seq_of: array<u32>;       // (T) batch row of the token's sequence
 @group(0) @binding(4) var<storage, read> block_table: array<u32>;  // (S, MAX_BLOCKS)
-@group(0) @binding(5) var<storage, read> k_cache: array<f32>;      // (slots, HKV, D)
-@group(0) @binding(6) var<storage, read> v_cache: array<f32>;      // (slots, HKV, D)
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;      // (slots, HKV, D) f32 | (slots, HKV, D/2) f16x2
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;      // same as k_cache
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;    // (T, HQ·D)
 
 var<workgroup> q: array<f32, D>;
@@ -30,6 +32,17 @@ var<workgroup> red: array<f32, C>;
 var<workgroup> probs: array<f32, C>;
 var<workgroup> key_base: array<u32, C>;
 var<workgroup> context_len: u32;
+
+/** Element i of the K (or V) cache as f32. */
+fn cache_at(i: u32, values: bool) -> f32 {
+  if (KV_F16) {
+    var w: u32;
+    if (values) { w = v_cache[i / 2u]; } else { w = k_cache[i / 2u]; }
+    return unpack2x16float(w)[i % 2u];
+  }
+  if (values) { return bitcast<f32>(v_cache[i]); }
+  return bitcast<f32>(k_cache[i]);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -54,7 +67,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let base = (slot * HKV + kvh) * D;
       key_base[lid.x] = base;
       var dot = 0.0;
-      for (var d = 0u; d < D; d++) { dot = fma(q[d], k_cache[base + d], dot); }
+      for (var d = 0u; d < D; d++) { dot = fma(q[d], cache_at(base + d, false), dot); }
       s = dot;
     }
     red[lid.x] = s;
@@ -81,8 +94,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var k = 0u; k < DPT; k++) {
       let d = lid.x + k * C;
       if (d >= D) { break; }
-      var a = acc[k] * corr;
-      for (var jj = 0u; jj < n; jj++) { a = fma(probs[jj], v_cache[key_base[jj] + d], a); }
+      var a = acc[k];
+      for (var jj = 0u; jj < n; jj++) { a = fma(probs[jj], cache_at(key_base[jj] + d, true), a); }
       acc[k] = a;
     }
     workgroupBarrier();
