@@ -177,6 +177,14 @@ const FLAGS: readonly Flag[] = [
     default: "last",
     help: "embedding pooling over the final hidden states",
   },
+  {
+    name: "kernels",
+    type: "string",
+    value: "auto|cpu|gpu",
+    default: "auto",
+    help:
+      "WebGPU kernel class: cpu (software adapters like llvmpipe), gpu (real GPUs), auto picks by adapter",
+  },
   { name: "help", short: "h", type: "boolean", help: "print this help" },
 ];
 
@@ -285,6 +293,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
     ["error-line", "skip", "abort"] as const,
   );
   const pooling = oneOf(str("pooling"), "pooling", ["last", "mean"] as const);
+  const kernels = oneOf(str("kernels"), "kernels", ["auto", "cpu", "gpu"] as const);
   const quiet = values.quiet === true;
   return {
     modelDir: str("model")!,
@@ -300,6 +309,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
       maxModelLen: positiveInt(str("max-model-len"), "max-model-len"),
       enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
       pooling,
+      kernels,
     },
     batch: {
       input: str("input-file")!,

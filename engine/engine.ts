@@ -61,6 +61,12 @@ export interface EngineOptions {
   readonly backend?: "auto" | "webgpu";
   /** An opened device (default: the runtime's default adapter). */
   readonly gpu?: Gpu;
+  /**
+   * WebGPU kernel class: `"cpu"` (shaped for software rasterisers like llvmpipe), `"gpu"`
+   * (shaped for discrete GPUs) or `"auto"` (the default: `cpu` on a fallback or software
+   * adapter, `gpu` otherwise).
+   */
+  readonly kernels?: "auto" | "cpu" | "gpu";
   /** Called as the weights load (the engine prints nothing itself). */
   readonly onProgress?: (progress: LoadProgress) => void;
   /** Called after every engine step (for metrics). */
@@ -98,7 +104,8 @@ async function openBackend(options: EngineOptions, vocabSize: number): Promise<B
       defaultKvBytes: 2 * GIB,
       maxLogitRows: Math.floor(gpu.maxBinding / (vocabSize * 4)),
     },
-    create: (shape, source, o) => ModelRunner.create(gpu, shape, source, o),
+    create: (shape, source, o) =>
+      ModelRunner.create(gpu, shape, source, o, { kernels: options.kernels }),
   };
 }
 
@@ -154,6 +161,7 @@ export class Engine {
         EngineOptions,
         | "gpu"
         | "backend"
+        | "kernels"
         | "servedModelName"
         | "kvCacheMemory"
         | "maxModelLen"

@@ -6,7 +6,7 @@
  */
 import type { Gpu } from "./gpu/device.ts";
 import * as ops from "./gpu/kernels.ts";
-import type { Dispatch, ShardedWeight } from "./gpu/kernels.ts";
+import type { Dispatch, KernelClass, ShardedWeight } from "./gpu/kernels.ts";
 
 /** The config fields the GPU model needs (a ModelConfig satisfies it). */
 export interface ModelShape {
@@ -156,22 +156,26 @@ export function ropeInvFreq(c: ModelShape): Float32Array {
   );
 }
 
-/** Records the decoder's dispatches against the step buffers. */
+/**
+ * Records the decoder's dispatches against the step buffers. `kernels` picks the
+ * kernel class; the plan has the same ops, in the same order, in every class.
+ */
 export function planForward(
   gpu: Gpu,
   c: ModelShape,
   w: ModelWeights,
   b: StepBuffers,
-  o: { blockSize: number; maxBlocks: number; validVocab: number },
+  o: { blockSize: number; maxBlocks: number; validVocab: number; kernels: KernelClass },
 ): ForwardPlan {
   const { hiddenSize: H, intermediateSize: I, rmsNormEps: eps, step } = { ...c, step: b.step };
-  const heads = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
-  const body: Dispatch[] = [...ops.embedding(gpu, step, b.ids, w.embed, b.hidden)];
+  const { kernels } = o;
+  const heads = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, kernels };
+  const body: Dispatch[] = [...ops.embedding(gpu, step, b.ids, w.embed, b.hidden, { kernels })];
   w.layers.forEach((layer, i) => {
     const kv = { kCache: b.kCache[i]!, vCache: b.vCache[i]! };
     body.push(
-      ops.rmsNorm(gpu, step, b.hidden, layer.inputNorm, b.normed, { hidden: H, eps }),
-      ...ops.matmul(gpu, step, b.normed, layer.qkv, b.qkv),
+      ops.rmsNorm(gpu, step, b.hidden, layer.inputNorm, b.normed, { hidden: H, eps, kernels }),
+      ...ops.matmul(gpu, step, b.normed, layer.qkv, b.qkv, { kernels }),
       ops.rotaryKv(gpu, step, {
         qkv: b.qkv,
         positions: b.positions,
@@ -190,17 +194,23 @@ export function planForward(
         ...kv,
         out: b.attn,
       }, { ...heads, blockSize: o.blockSize, maxBlocks: o.maxBlocks }),
-      ...ops.matmul(gpu, step, b.attn, layer.o, b.hidden, { accumulate: true }),
-      ops.rmsNorm(gpu, step, b.hidden, layer.postNorm, b.normed, { hidden: H, eps }),
-      ...ops.matmul(gpu, step, b.normed, layer.gateUp, b.gateUp),
-      ops.siluMul(gpu, step, b.gateUp, b.act, I),
-      ...ops.matmul(gpu, step, b.act, layer.down, b.hidden, { accumulate: true }),
+      ...ops.matmul(gpu, step, b.attn, layer.o, b.hidden, { accumulate: true, kernels }),
+      ops.rmsNorm(gpu, step, b.hidden, layer.postNorm, b.normed, { hidden: H, eps, kernels }),
+      ...ops.matmul(gpu, step, b.normed, layer.gateUp, b.gateUp, { kernels }),
+      ops.siluMul(gpu, step, b.gateUp, b.act, I, { kernels }),
+      ...ops.matmul(gpu, step, b.act, layer.down, b.hidden, { accumulate: true, kernels }),
     );
   });
-  body.push(ops.rmsNorm(gpu, step, b.hidden, w.norm, b.final, { hidden: H, eps, rows: b.rows }));
-  const logits = ops.matmul(gpu, step, b.final, w.lmHead, b.logits, { mFromRows: true });
+  body.push(
+    ops.rmsNorm(gpu, step, b.hidden, w.norm, b.final, { hidden: H, eps, rows: b.rows, kernels }),
+  );
+  const logits = ops.matmul(gpu, step, b.final, w.lmHead, b.logits, { mFromRows: true, kernels });
   const argmax = [
-    ops.argmax(gpu, step, b.logits, b.sampled, { valid: o.validVocab, stride: c.vocabSize }),
+    ops.argmax(gpu, step, b.logits, b.sampled, {
+      valid: o.validVocab,
+      stride: c.vocabSize,
+      kernels,
+    }),
   ];
   return { body, logits, argmax };
 }

@@ -8,6 +8,7 @@
  */
 import type { Gpu } from "./gpu/device.ts";
 import { encode, STEP_UNIFORM_BYTES } from "./gpu/kernels.ts";
+import { chooseKernelClass, type KernelChoice, type KernelClass } from "./gpu/registry.ts";
 import {
   type ForwardPlan,
   type ModelShape,
@@ -21,6 +22,12 @@ import {
 import type { Runner, RunnerOptions, StepResult, StepSeq } from "./runner.ts";
 
 export type { RunnerOptions, StepResult, StepSeq };
+
+/** WebGPU-only choices, fixed at load. */
+export interface WebGpuRunnerOptions {
+  /** Kernel class: `auto` (default) picks `cpu` on software adapters, `gpu` elsewhere. */
+  readonly kernels?: KernelChoice;
+}
 
 /** The model on the GPU with its step buffers and KV pool. */
 export class ModelRunner implements Runner {
@@ -40,8 +47,10 @@ export class ModelRunner implements Runner {
     readonly maxRows: number,
     /** Bytes of the KV pool. */
     readonly kvBytes: number,
+    /** The kernel class every dispatch of the plan uses. */
+    readonly kernelClass: KernelClass,
   ) {
-    this.description = `webgpu: ${gpu.description}`;
+    this.description = `webgpu: ${gpu.description} (${kernelClass} kernels)`;
     this.weightBytes = weights.bytes;
     const bytes = maxLogitRows * shape.vocabSize * 4 + maxRows * shape.hiddenSize * 4;
     this.#staging = gpu.readback("staging", bytes);
@@ -53,7 +62,12 @@ export class ModelRunner implements Runner {
     shape: ModelShape,
     source: WeightSource,
     o: RunnerOptions,
+    webgpu: WebGpuRunnerOptions = {},
   ): Promise<ModelRunner> {
+    const kernels = chooseKernelClass(webgpu.kernels ?? "auto", {
+      isFallbackAdapter: gpu.adapter.info.isFallbackAdapter,
+      description: gpu.description,
+    });
     const weights = await uploadWeights(gpu, shape, source);
     const {
       hiddenSize: H,
@@ -110,6 +124,7 @@ export class ModelRunner implements Runner {
       blockSize: o.blockSize,
       maxBlocks: o.maxBlocksPerSeq,
       validVocab: o.validVocab,
+      kernels,
     });
     return new ModelRunner(
       gpu,
@@ -121,6 +136,7 @@ export class ModelRunner implements Runner {
       maxLogitRows,
       maxRows,
       2 * slotBytes * shape.numLayers,
+      kernels,
     );
   }
 

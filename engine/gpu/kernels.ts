@@ -1,31 +1,27 @@
 /**
- * The WGSL kernels, imported as text, and a thin op per kernel that turns
- * buffers and shapes into a {@linkcode Dispatch}: a pipeline specialised by
- * override constants, a bind group made once, and the workgroup count as a
- * function of the step's shape.
+ * A thin op per kernel that turns buffers and shapes into a
+ * {@linkcode Dispatch}: the kernel of the op's class (engine/gpu/registry.ts)
+ * specialised by override constants, a bind group made once, and the
+ * workgroup count as a function of the step's shape. Every op takes
+ * `kernels` (default `cpu`), the class chosen when the model loads.
  *
  * @module
  */
-import embeddingSrc from "../../shaders/embedding.wgsl" with { type: "text" };
-import rmsNormSrc from "../../shaders/rms_norm.wgsl" with { type: "text" };
-import matmulSrc from "../../shaders/matmul.wgsl" with { type: "text" };
-import gemvSrc from "../../shaders/gemv.wgsl" with { type: "text" };
-import rotarySrc from "../../shaders/rotary_kv.wgsl" with { type: "text" };
-import attentionSrc from "../../shaders/attention.wgsl" with { type: "text" };
-import siluMulSrc from "../../shaders/silu_mul.wgsl" with { type: "text" };
-import argmaxSrc from "../../shaders/argmax.wgsl" with { type: "text" };
-import type { Gpu, Kernel } from "./device.ts";
+import type { Gpu } from "./device.ts";
+import { type KernelClass, kernelTable, type Op } from "./registry.ts";
 
-const KERNELS = {
-  embedding: { name: "embedding", source: embeddingSrc },
-  rmsNorm: { name: "rms_norm", source: rmsNormSrc },
-  matmul: { name: "matmul", source: matmulSrc },
-  gemv: { name: "gemv", source: gemvSrc },
-  rotary: { name: "rotary_kv", source: rotarySrc },
-  attention: { name: "attention", source: attentionSrc },
-  siluMul: { name: "silu_mul", source: siluMulSrc },
-  argmax: { name: "argmax", source: argmaxSrc },
-} as const satisfies Record<string, Kernel>;
+export type { KernelClass } from "./registry.ts";
+
+/** The pipeline of `op` in class `cls`, specialised by the op's shape constants. */
+function pipelineOf(
+  gpu: Gpu,
+  cls: KernelClass,
+  op: Op,
+  constants: Readonly<Record<string, number>>,
+): GPUComputePipeline {
+  const v = kernelTable(cls).ops[op];
+  return gpu.pipeline(v.kernel, { ...v.constants, ...constants });
+}
 
 /** The per-step sizes every dispatch derives its workgroup count from. */
 export interface StepShape {
@@ -69,9 +65,10 @@ export function embedding(
   ids: GPUBuffer,
   table: ShardedWeight,
   out: GPUBuffer,
+  o: { kernels?: KernelClass } = {},
 ): Dispatch[] {
   return table.shards.map((shard) => {
-    const pipeline = gpu.pipeline(KERNELS.embedding, {
+    const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "embedding", {
       HIDDEN: table.cols,
       ROW_START: shard.rowStart,
       ROWS: shard.rows,
@@ -93,9 +90,9 @@ export function rmsNorm(
   x: GPUBuffer,
   weight: GPUBuffer,
   out: GPUBuffer,
-  o: { hidden: number; eps: number; rows?: GPUBuffer },
+  o: { hidden: number; eps: number; rows?: GPUBuffer; kernels?: KernelClass },
 ): Dispatch {
-  const pipeline = gpu.pipeline(KERNELS.rmsNorm, {
+  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "rmsNorm", {
     HIDDEN: o.hidden,
     EPS: o.eps,
     GATHER: o.rows ? 1 : 0,
@@ -108,18 +105,12 @@ export function rmsNorm(
   };
 }
 
-/** Batches of at most this many rows run `gemv.wgsl`; larger ones `matmul.wgsl`. */
-export const GEMV_MAX_ROWS = 1;
-
-/** Outputs per invocation along (n, m) and invocations per workgroup of each kernel. */
-const GEMV_TILE = { n: 4, m: 1, invocations: 64 };
-const MATMUL_TILE = { n: 8, m: 4, invocations: 64 };
-
 /**
  * y[:, shard cols] (+)= x · Wᵀ for every row shard of W. Each shard gets two dispatches,
- * a GEMV and a register-tiled kernel, and the step's M picks one (the other launches no
- * workgroups). Both sum every output over k in the same order, so a row's result does
- * not depend on M or on the other rows of the batch.
+ * the class's GEMV and its tiled kernel, and the step's M picks one (the other launches
+ * no workgroups): the GEMV up to the class's `gemvMaxRows`. Both kernels of a class sum
+ * every output over k in the same order, so a row's result does not depend on M or on
+ * the other rows of the batch.
  */
 export function matmul(
   gpu: Gpu,
@@ -127,8 +118,16 @@ export function matmul(
   x: GPUBuffer,
   w: ShardedWeight,
   y: GPUBuffer,
-  o: { accumulate?: boolean; mFromRows?: boolean; yStride?: number; yOffset?: number } = {},
+  o: {
+    accumulate?: boolean;
+    mFromRows?: boolean;
+    yStride?: number;
+    yOffset?: number;
+    kernels?: KernelClass;
+  } = {},
 ): Dispatch[] {
+  const cls = o.kernels ?? "cpu";
+  const { gemvMaxRows } = kernelTable(cls);
   const rowsOf = (s: StepShape) => o.mFromRows ? s.numLogitRows : s.numTokens;
   return w.shards.flatMap((shard) => {
     const constants = {
@@ -140,27 +139,23 @@ export function matmul(
       ACCUMULATE: o.accumulate ? 1 : 0,
       M_FROM_ROWS: o.mFromRows ? 1 : 0,
     };
-    const launch = (
-      label: string,
-      kernel: Kernel,
-      tile: typeof GEMV_TILE,
-      runs: (m: number) => boolean,
-    ): Dispatch => {
-      const pipeline = gpu.pipeline(kernel, constants);
+    const launch = (op: "gemv" | "matmul", runs: (m: number) => boolean): Dispatch => {
+      const tile = kernelTable(cls).ops[op].tile!;
+      const pipeline = pipelineOf(gpu, cls, op, constants);
       return {
-        label,
+        label: op,
         pipeline,
         bindGroup: gpu.bindGroup(pipeline, [step, x, shard.buffer, y]),
         workgroups: (s) => {
           const m = rowsOf(s);
           if (!runs(m)) return [0, 0, 0];
-          return [ceil(shard.rows, tile.n * tile.invocations), ceil(m, tile.m), 1];
+          return [ceil(shard.rows, tile.n), ceil(m, tile.m), 1];
         },
       };
     };
     return [
-      launch("gemv", KERNELS.gemv, GEMV_TILE, (m) => m <= GEMV_MAX_ROWS),
-      launch("matmul", KERNELS.matmul, MATMUL_TILE, (m) => m > GEMV_MAX_ROWS),
+      launch("gemv", (m) => m <= gemvMaxRows),
+      launch("matmul", (m) => m > gemvMaxRows),
     ];
   });
 }
@@ -177,9 +172,15 @@ export function rotaryKv(
     kCache: GPUBuffer;
     vCache: GPUBuffer;
   },
-  o: { heads: number; kvHeads: number; headDim: number; posScale: number },
+  o: {
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    posScale: number;
+    kernels?: KernelClass;
+  },
 ): Dispatch {
-  const pipeline = gpu.pipeline(KERNELS.rotary, {
+  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "rotaryKv", {
     HQ: o.heads,
     HKV: o.kvHeads,
     D: o.headDim,
@@ -214,10 +215,17 @@ export function attention(
     vCache: GPUBuffer;
     out: GPUBuffer;
   },
-  o: { heads: number; kvHeads: number; headDim: number; blockSize: number; maxBlocks: number },
+  o: {
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    blockSize: number;
+    maxBlocks: number;
+    kernels?: KernelClass;
+  },
 ): Dispatch {
   if (o.headDim > 256) throw new Error(`head_dim ${o.headDim} > 256 is not supported`);
-  const pipeline = gpu.pipeline(KERNELS.attention, {
+  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "attention", {
     HQ: o.heads,
     HKV: o.kvHeads,
     D: o.headDim,
@@ -249,8 +257,9 @@ export function siluMul(
   gateUp: GPUBuffer,
   out: GPUBuffer,
   intermediate: number,
+  o: { kernels?: KernelClass } = {},
 ): Dispatch {
-  const pipeline = gpu.pipeline(KERNELS.siluMul, { I: intermediate });
+  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "siluMul", { I: intermediate });
   return {
     label: "silu_mul",
     pipeline,
@@ -265,9 +274,12 @@ export function argmax(
   step: GPUBuffer,
   logits: GPUBuffer,
   ids: GPUBuffer,
-  o: { valid: number; stride: number },
+  o: { valid: number; stride: number; kernels?: KernelClass },
 ): Dispatch {
-  const pipeline = gpu.pipeline(KERNELS.argmax, { VALID: o.valid, STRIDE: o.stride });
+  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "argmax", {
+    VALID: o.valid,
+    STRIDE: o.stride,
+  });
   return {
     label: "argmax",
     pipeline,

@@ -1,0 +1,133 @@
+/**
+ * Kernel classes: which WGSL file, which class-specific `override` constants
+ * and which output tile each op dispatches, per class of adapter.
+ *
+ * - `cpu`: kernels shaped for a CPU rasteriser (Mesa llvmpipe, lavapipe,
+ *   SwiftShader): register tiles straight from memory, no shared memory, no
+ *   barriers, few large workgroups.
+ * - `gpu`: kernels shaped for a discrete GPU: tiles staged through workgroup
+ *   memory with coalesced loads, K split across the invocations of a
+ *   workgroup, enough workgroups to fill every SM.
+ *
+ * The class is chosen once, when the model loads, and every op of the forward
+ * plan looks its kernel up here; the plan itself has the same shape in both.
+ * Within one class every kernel that computes a matmul output reduces over k
+ * in the same fixed order, so a row's result does not depend on the batch.
+ *
+ * @module
+ */
+import embeddingSrc from "../../shaders/embedding.wgsl" with { type: "text" };
+import rmsNormSrc from "../../shaders/rms_norm.wgsl" with { type: "text" };
+import matmulSrc from "../../shaders/matmul.wgsl" with { type: "text" };
+import gemvSrc from "../../shaders/gemv.wgsl" with { type: "text" };
+import matmulGpuSrc from "../../shaders/matmul_gpu.wgsl" with { type: "text" };
+import gemvGpuSrc from "../../shaders/gemv_gpu.wgsl" with { type: "text" };
+import rotarySrc from "../../shaders/rotary_kv.wgsl" with { type: "text" };
+import attentionSrc from "../../shaders/attention.wgsl" with { type: "text" };
+import siluMulSrc from "../../shaders/silu_mul.wgsl" with { type: "text" };
+import argmaxSrc from "../../shaders/argmax.wgsl" with { type: "text" };
+import type { Kernel } from "./device.ts";
+
+/** A family of kernels tuned for one kind of adapter. */
+export type KernelClass = "cpu" | "gpu";
+
+/** What a user asks for: a class, or `auto` (chosen from the adapter). */
+export type KernelChoice = "auto" | KernelClass;
+
+/** The kernel classes, in the order `--kernels` lists them. */
+export const KERNEL_CLASSES: readonly KernelClass[] = ["cpu", "gpu"];
+
+/** The ops of the forward plan that dispatch a kernel. */
+export type Op =
+  | "embedding"
+  | "rmsNorm"
+  | "gemv"
+  | "matmul"
+  | "rotaryKv"
+  | "attention"
+  | "siluMul"
+  | "argmax";
+
+/** One op's kernel in one class. */
+export interface KernelVariant {
+  readonly kernel: Kernel;
+  /** Class-specific `override` constants, merged under the op's own (shape) constants. */
+  readonly constants: Readonly<Record<string, number>>;
+  /**
+   * Outputs one workgroup computes along (n, m) for the matmul family: the op
+   * launches ceil(N / n) × ceil(M / m) workgroups. Unused by other ops.
+   */
+  readonly tile?: { readonly n: number; readonly m: number };
+}
+
+/** The ops of one class, plus the largest M its GEMV handles (larger M runs `matmul`). */
+export interface KernelTable {
+  readonly ops: Readonly<Record<Op, KernelVariant>>;
+  readonly gemvMaxRows: number;
+}
+
+const k = (name: string, source: string): Kernel => ({ name, source });
+
+const SHARED = {
+  embedding: { kernel: k("embedding", embeddingSrc), constants: {} },
+  rmsNorm: { kernel: k("rms_norm", rmsNormSrc), constants: {} },
+  rotaryKv: { kernel: k("rotary_kv", rotarySrc), constants: {} },
+  attention: { kernel: k("attention", attentionSrc), constants: {} },
+  siluMul: { kernel: k("silu_mul", siluMulSrc), constants: {} },
+  argmax: { kernel: k("argmax", argmaxSrc), constants: {} },
+} as const satisfies Partial<Record<Op, KernelVariant>>;
+
+/** Outputs per workgroup of gemv_gpu.wgsl (its ROWS override): 1024 / 8 = 128 workgroups. */
+const GEMV_GPU_ROWS = 8;
+
+const TABLES: Readonly<Record<KernelClass, KernelTable>> = {
+  cpu: {
+    ops: {
+      ...SHARED,
+      // 64 invocations × 4 columns; one row per workgroup.
+      gemv: { kernel: k("gemv", gemvSrc), constants: {}, tile: { n: 256, m: 1 } },
+      // 64 invocations × (4 rows × 8 columns).
+      matmul: { kernel: k("matmul", matmulSrc), constants: {}, tile: { n: 512, m: 4 } },
+    },
+    gemvMaxRows: 1,
+  },
+  gpu: {
+    ops: {
+      ...SHARED,
+      gemv: {
+        kernel: k("gemv_gpu", gemvGpuSrc),
+        constants: { ROWS: GEMV_GPU_ROWS },
+        tile: { n: GEMV_GPU_ROWS, m: 1 },
+      },
+      // 64 × 32 output tile (matmul_gpu.wgsl's BN × BM).
+      matmul: { kernel: k("matmul_gpu", matmulGpuSrc), constants: {}, tile: { n: 64, m: 32 } },
+    },
+    gemvMaxRows: 4,
+  },
+};
+
+/** The kernels of one class. */
+export function kernelTable(cls: KernelClass): KernelTable {
+  return TABLES[cls];
+}
+
+/** Software renderers that report themselves only through the adapter description. */
+const SOFTWARE_RENDERERS = /llvmpipe|lavapipe|softpipe|swiftshader|microsoft basic render/i;
+
+/**
+ * Resolves `auto` from the adapter: `cpu` for a fallback adapter or a known
+ * software renderer, `gpu` for everything else. An explicit class is kept.
+ *
+ * @example
+ * ```ts
+ * chooseKernelClass("auto", { isFallbackAdapter: false, description: "llvmpipe (LLVM 15)" }); // "cpu"
+ * ```
+ */
+export function chooseKernelClass(
+  choice: KernelChoice,
+  info: { readonly isFallbackAdapter?: boolean; readonly description: string },
+): KernelClass {
+  if (choice !== "auto") return choice;
+  if (info.isFallbackAdapter || SOFTWARE_RENDERERS.test(info.description)) return "cpu";
+  return "gpu";
+}
