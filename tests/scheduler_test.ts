@@ -265,3 +265,57 @@ Deno.test("100,000 queued sequences allocate no blocks", () => {
   assert.equal(finished, 100_000);
   assert.equal(s.blockManager.numFreeBlocks, 512);
 });
+
+Deno.test("scheduler preempts the newest running sequences first when five share a full pool", () => {
+  const s = schedulerOf({ blockSize: 2, numBlocks: 6 });
+  const seqs = ["a", "b", "c", "d", "e"].map((id, i) => seqOf(id, [10 + i, 20 + i], 3));
+  for (const seq of seqs) s.add(seq);
+  completeStep(s, s.schedule()!); // 5 of 6 blocks used; each sequence now needs a second one
+  const preemptedIds: string[] = [];
+  const batch = s.schedule()!;
+  for (const seq of seqs) if (seq.status === "waiting") preemptedIds.push(seq.id);
+  // a takes the free block; b preempts e, the newest; c preempts d; nothing is left for d.
+  assert.deepEqual(batch.items.map((it) => it.seq.id), ["a", "b", "c"]);
+  assert.deepEqual(preemptedIds, ["d", "e"]);
+  assert.equal(s.preemptions, 2);
+  assert.equal(s.blockManager.numFreeBlocks, 0);
+  completeStep(s, batch);
+
+  // The preempted come back oldest first as blocks free up.
+  const admitted: string[] = [];
+  while (s.hasWork()) {
+    const next = s.schedule()!;
+    for (const { seq, start } of next.items) {
+      if (start === 0 && !admitted.includes(seq.id)) admitted.push(seq.id);
+    }
+    completeStep(s, next);
+  }
+  assert.deepEqual(admitted, ["d", "e"]);
+});
+
+Deno.test("a step that preempts admits nothing, not even the sequence it preempted", () => {
+  // a and b have the same prompt and prefill it in the same step, so each computes its own
+  // copy of the shared blocks and the prefix cache answers with a's. When a needs a third
+  // block, b (the newest) is preempted; its blocks are duplicates and go back clean, and b
+  // could be readmitted at once on a's cached blocks. It must wait for the next step.
+  const s = schedulerOf({ blockSize: 2, numBlocks: 5 });
+  const [a, b] = [seqOf("a", [1, 2, 3], 4), seqOf("b", [1, 2, 3], 4)];
+  s.add(a!);
+  s.add(b!);
+  completeStep(s, s.schedule()!); // prefill both: 4 tokens each, 2 blocks each
+  completeStep(s, s.schedule()!); // decode both: 5 tokens each, still 2 blocks (4 used)
+  const c = seqOf("c", [7], 1);
+  s.add(c);
+  assert.equal(s.blockManager.numFreeBlocks, 1);
+  const preempting = s.schedule()!; // a and b each need a third block; one is free
+  assert.equal(s.preemptions, 1);
+  assert.equal(b!.status, "waiting");
+  assert.deepEqual(preempting.items.map((it) => it.seq.id), ["a"]);
+  assert.equal(c.status, "waiting");
+  completeStep(s, preempting);
+
+  const next = s.schedule()!;
+  const readmitted = next.items.find((it) => it.seq === b);
+  assert.ok(readmitted, "b is readmitted in the step after");
+  assert.equal(readmitted.start, 4, "b's two full blocks are served by a's cached ones");
+});
