@@ -71,7 +71,7 @@ export async function openInput(
     try {
       raw = (await Deno.open(input, { read: true })).readable;
     } catch (e) {
-      throw new InputError(`Cannot read input "${input}": ${(e as Error).message}`, { cause: e });
+      throw new InputError(`Cannot read input "${input}": ${describeFsError(e)}`, { cause: e });
     }
   }
   return await _decompressIfGzip(raw);
@@ -318,4 +318,41 @@ export async function countLocalLines(input: string): Promise<number | undefined
     }
   }
   return lineHasText ? count + 1 : count;
+}
+
+/**
+ * Why a file-system call failed, in words (no `os error 2`).
+ *
+ * @example
+ * ```ts
+ * await Deno.stat("nope").catch((e) => describeFsError(e)); // "it does not exist"
+ * ```
+ */
+export function describeFsError(e: unknown): string {
+  if (e instanceof Deno.errors.NotFound) return "it does not exist";
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.IsADirectory) return "it is a directory";
+  if (e instanceof Deno.errors.NotADirectory) return "a part of the path is not a folder";
+  if (e instanceof Deno.errors.AlreadyExists) return "it already exists";
+  // Deno's messages end in "(os error N): op 'path'"; keep only the words.
+  return (e as Error).message.replace(/\s*\(os error \d+\).*$/s, "");
+}
+
+/** Fails unless a local input file exists and can be opened for reading. */
+export async function checkInput(input: string): Promise<void> {
+  if (input === "-" || isUrl(input)) return;
+  const fail = (why: string) =>
+    new InputError(`Cannot read input "${input}": ${why} (check the --input-file path)`);
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(input);
+  } catch (e) {
+    throw fail(describeFsError(e));
+  }
+  if (info.isDirectory) throw fail("it is a directory, not a JSONL file");
+  try {
+    (await Deno.open(input, { read: true })).close();
+  } catch (e) {
+    throw fail(describeFsError(e));
+  }
 }

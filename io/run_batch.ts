@@ -7,49 +7,28 @@
  *
  * @module
  */
-import { RequestError } from "../engine/types.ts";
 import {
-  type BatchFailureCode,
-  failureLine,
-  httpErrorLine,
-  type LineError,
-  lineError,
-  lineErrorLine,
-  parseRequestLine,
-  successLine,
-} from "./batch_format.ts";
+  admitLine,
+  type Answer,
+  answerFor,
+  type BatchBackend,
+  Emitter,
+  executeRequest,
+  failureAnswer,
+  invalidAnswer,
+  Slots,
+  Stopper,
+} from "./batch_stages.ts";
+import type { BatchRequest } from "./batch_format.ts";
 import { countLocalLines, readLines } from "./reader.ts";
 import { openOutput, type OutputSink, type UploadOptions } from "./writer.ts";
-import { createProgress, type ProgressOptions } from "./progress.ts";
+import { preflightBatch } from "./preflight.ts";
+import { createProgress, type Progress, type ProgressOptions } from "./progress.ts";
 import { batchObject, type BatchStatus, type BatchSummary } from "./summary.ts";
 
 export type { BatchStatus, BatchSummary } from "./summary.ts";
+export type { BatchBackend } from "./batch_stages.ts";
 export { formatSummary } from "./summary.ts";
-
-/**
- * What the run loop drives: the engine behind OpenAI-style endpoints.
- *
- * @example
- * ```ts
- * const echo: BatchBackend = {
- *   urls: ["/v1/completions"],
- *   validate(_url, body) {
- *     if (typeof (body as { prompt?: unknown }).prompt !== "string") {
- *       throw new RequestError("expected a string", 400, "prompt");
- *     }
- *   },
- *   run: (_url, body) => Promise.resolve({ object: "text_completion", echo: body }),
- * };
- * ```
- */
-export interface BatchBackend {
-  /** URLs served, e.g. ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]. */
-  readonly urls: readonly string[];
-  /** Checks a body without running it (for --validate-only and early rejection); throws RequestError (engine/types.ts). */
-  validate(url: string, body: unknown): void;
-  /** Runs one request; resolves to the 200 response body; rejects with RequestError for a 4xx; the signal aborts it (timeout, cancel). */
-  run(url: string, body: unknown, ctx: { customId: string; signal: AbortSignal }): Promise<unknown>;
-}
 
 /** Options for {@linkcode runBatch}. */
 export interface RunBatchOptions {
@@ -90,38 +69,239 @@ export interface RunBatchOptions {
   readonly upload?: UploadOptions;
 }
 
-type StopReason = "cancelled" | "expired" | "failed";
+/** The outputs of a run: answers, and failures when there is an error file. */
+interface Sinks {
+  readonly sink: OutputSink;
+  readonly errSink: OutputSink | null;
+}
 
-/** A counting semaphore whose permits are held from dispatch until the answer is written. */
-class _Slots {
-  #free: number;
-  #waiting: (() => void)[] = [];
-  constructor(size: number) {
-    this.#free = size;
-  }
-  acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.#waiting.push(resolve));
-  }
-  release(): void {
-    const next = this.#waiting.shift();
-    if (next) next();
-    else this.#free++;
+/** Stage 1: opens the output (and error file); null for validateOnly, which writes nothing. */
+async function openSinks(options: RunBatchOptions): Promise<Sinks | null> {
+  if (options.validateOnly) return null;
+  const common = {
+    outputTmpDir: options.outputTmpDir,
+    input: options.input,
+    stdout: options.stdout,
+  };
+  const sink = await openOutput({ ...common, ...options, output: options.output });
+  if (options.errorFile === undefined) return { sink, errSink: null };
+  try {
+    const errSink = await openOutput({
+      ...common,
+      output: options.errorFile,
+      overwrite: options.overwrite || options.resume,
+      upload: options.upload,
+    });
+    return { sink, errSink };
+  } catch (e) {
+    await sink.keep().catch(() => {});
+    throw e;
   }
 }
 
-const hex32 = () => crypto.randomUUID().replaceAll("-", "");
-const _num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+/** The run's counters: what the summary reports. */
+interface Tally {
+  total: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  resumed: number;
+  skipped: number;
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** One run: its options, counters, stop state and the tasks still running. */
+class _Run {
+  readonly tally: Tally = {
+    total: 0,
+    succeeded: 0,
+    failed: 0,
+    cancelled: 0,
+    resumed: 0,
+    skipped: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+  };
+  readonly stopper = new Stopper();
+  readonly tasks = new Set<Promise<void>>();
+  /** Why the run failed, for the user. */
+  fatal: string | undefined;
+  /** The first request's url (the batch object's endpoint). */
+  endpoint = "";
+  #nextSeq = 0;
+
+  constructor(
+    readonly options: RunBatchOptions,
+    readonly progress: Progress,
+    /** Held from admission until the answer is written: bounds reading and memory. */
+    readonly slots: Slots,
+    /** Null for validateOnly, which writes nothing. */
+    readonly emitter: Emitter | null,
+  ) {}
+
+  /** Stops on a failure that makes the rest of the run pointless. */
+  fail(message: string, abortInFlight = false): void {
+    this.fatal ??= message;
+    this.stopper.halt("failed", abortInFlight ? "cancelled" : undefined);
+  }
+
+  /** Counts an answer and hands it to the emitter (it frees its slot once written). */
+  record(seq: number, answer: Answer): void {
+    this.tally[answer.counts]++;
+    this.tally.promptTokens += answer.promptTokens;
+    this.tally.completionTokens += answer.completionTokens;
+    this.progress.state.done++;
+    if (answer.counts !== "succeeded") this.progress.state.failed++;
+    this.progress.state.completionTokens = this.tally.completionTokens;
+    this.emitter!.emit(seq, answer.line, answer.counts === "succeeded");
+  }
+
+  /** Stage 2: admits one line; resolves false when the run must stop reading. */
+  async admit(
+    line: Parameters<typeof admitLine>[0],
+    seen: Set<string>,
+    answered: ReadonlySet<string>,
+  ) {
+    const { options, tally, progress } = this;
+    tally.total++;
+    const admission = admitLine(line, { backend: options.backend, answered, seen });
+    if (admission.kind === "resumed") {
+      tally.resumed++;
+      tally.succeeded++;
+      progress.state.done++;
+      return true;
+    }
+    if (admission.kind === "invalid") {
+      const onInvalid = options.onInvalid ?? "error-line";
+      if (onInvalid === "skip") {
+        tally.skipped++;
+        progress.log(`skipped ${admission.error.message}`);
+        return true;
+      }
+      if (onInvalid === "abort") {
+        this.fail(
+          `stopped at the first invalid line (onInvalid "abort"): ${admission.error.message}`,
+        );
+        return false;
+      }
+    }
+    await this.slots.acquire();
+    if (this.stopper.reason === "failed") return false;
+    if (options.validateOnly) {
+      if (admission.kind === "invalid") {
+        tally.failed++;
+        if (tally.failed <= 1000) progress.log(admission.error.message);
+      }
+      this.slots.release();
+      return true;
+    }
+    const seq = this.#nextSeq++;
+    if (admission.kind === "invalid") {
+      this.record(seq, invalidAnswer(admission.error));
+    } else {
+      this.dispatch(seq, admission.request);
+    }
+    return true;
+  }
+
+  /** Stage 3: runs a request (or answers it batch_cancelled/expired once the run stopped). */
+  dispatch(seq: number, request: BatchRequest): void {
+    const stop = this.stopper.reason;
+    if (stop === "cancelled" || stop === "expired") {
+      const cancelled = stop === "cancelled";
+      return this.record(
+        seq,
+        failureAnswer(
+          request.customId,
+          cancelled ? "batch_cancelled" : "batch_expired",
+          `line ${request.lineNo}: the batch was ${
+            cancelled ? "cancelled" : "past its deadline"
+          } before this request ran`,
+        ),
+      );
+    }
+    this.endpoint ||= request.url;
+    const controller = new AbortController();
+    const { inFlight } = this.stopper;
+    inFlight.add(controller);
+    const timeoutMs = this.options.requestTimeoutMs;
+    const task = executeRequest(this.options.backend, request, controller, timeoutMs).then(
+      (outcome) => {
+        inFlight.delete(controller);
+        this.record(seq, answerFor(request, outcome, timeoutMs));
+      },
+    );
+    this.tasks.add(task);
+    task.finally(() => this.tasks.delete(task));
+  }
+
+  /** Waits until every dispatched request has been answered. */
+  async drain(): Promise<void> {
+    while (this.tasks.size > 0) await Promise.all([...this.tasks]);
+  }
+}
+
+/** Stage 5: puts the outputs in place (or keeps them for resume) and builds the summary. */
+async function finish(
+  run: _Run,
+  sinks: Sinks | null,
+  startedMs: number,
+): Promise<BatchSummary> {
+  const { options, tally } = run;
+  let outputPath = "";
+  let errorPath: string | undefined;
+  let stop = run.stopper.reason;
+  let fatal = run.fatal;
+  if (sinks !== null) {
+    const { sink, errSink } = sinks;
+    if (stop === "failed") {
+      outputPath = (await sink.keep()) ?? "-";
+      errorPath = (await errSink?.keep()) ?? undefined;
+      if (sink.partialPath !== null) {
+        fatal += `; partial output kept in "${sink.partialPath}" (run again with --resume)`;
+      }
+    } else {
+      const committed = await sink.commit();
+      outputPath = committed.path;
+      errorPath = (await errSink?.commit())?.path;
+      if (committed.error !== undefined) {
+        fatal = committed.error;
+        stop = "failed";
+      }
+    }
+  }
+  const status: BatchStatus = stop ?? (options.validateOnly ? "validated" : "completed");
+  const { promptTokens, completionTokens, ...counts } = tally;
+  const summary: BatchSummary = {
+    id: `batch_${crypto.randomUUID().replaceAll("-", "")}`,
+    status,
+    ...counts,
+    promptTokens,
+    completionTokens,
+    elapsedMs: Date.now() - startedMs,
+    outputPath,
+    errorPath,
+    error: fatal,
+    createdAt: Math.floor(startedMs / 1000),
+    completedAt: Math.floor(Date.now() / 1000),
+  };
+  if (options.summaryFile !== undefined) {
+    await Deno.writeTextFile(
+      options.summaryFile,
+      JSON.stringify(batchObject(summary, run.endpoint, options.input), null, 2) + "\n",
+    );
+  }
+  return summary;
+}
 
 /**
  * Runs a batch file through a backend and writes one answer per request.
  * Never throws for a bad line; throws {@linkcode OutputError} /
  * {@linkcode InputError} only when the run cannot start (output exists, input
- * missing). Input failures mid-run, `onInvalid: "abort"` and failed uploads
- * end with status "failed" and the partial output kept for `resume`.
+ * missing), before any file is written. Input failures mid-run,
+ * `onInvalid: "abort"` and failed uploads end with status "failed" and the
+ * partial output kept for `resume`.
  *
  * @example
  * ```ts
@@ -133,326 +313,59 @@ const _num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 
  */
 export async function runBatch(options: RunBatchOptions): Promise<BatchSummary> {
   const startedMs = Date.now();
-  const { backend, input } = options;
-  const onInvalid = options.onInvalid ?? "error-line";
+  await preflightBatch(options);
   const progress = createProgress(options.progress);
-  const counts = { total: 0, succeeded: 0, failed: 0, cancelled: 0, resumed: 0, skipped: 0 };
-  const tokens = { prompt: 0, completion: 0 };
-  let endpoint = "";
-  let stop: StopReason | null = null;
-  let fatal: string | undefined;
-  const inFlight = new Set<AbortController>();
   const timers: ReturnType<typeof setTimeout>[] = [];
-
-  const halt = (reason: StopReason, abortNowWith?: "cancelled" | "expired") => {
-    stop ??= reason;
-    if (abortNowWith) { for (const c of inFlight) c.abort(abortNowWith); }
-  };
+  let sinks: Sinks | null = null;
+  let run: _Run | undefined;
+  const graceMs = options.cancelGraceMs ?? 3000;
   const onCancel = () => {
-    if (stop !== null) return;
-    halt("cancelled");
-    progress.log(`cancelling: waiting ${options.cancelGraceMs ?? 3000} ms for in-flight requests`);
-    timers.push(setTimeout(() => halt("cancelled", "cancelled"), options.cancelGraceMs ?? 3000));
+    if (run === undefined || run.stopper.reason !== null) return;
+    run.stopper.halt("cancelled");
+    progress.log(`cancelling: waiting ${graceMs} ms for in-flight requests`);
+    timers.push(setTimeout(() => run!.stopper.halt("cancelled", "cancelled"), graceMs));
   };
-  if (options.signal?.aborted) onCancel();
-  options.signal?.addEventListener("abort", onCancel, { once: true });
-  if (options.deadlineMs !== undefined) {
-    timers.push(setTimeout(() => halt("expired", "expired"), options.deadlineMs));
-  }
-  const counting = options.progress?.quiet
-    ? Promise.resolve()
-    : countLocalLines(input).then((n) => {
+  const counting = options.progress?.quiet ? Promise.resolve() : countLocalLines(options.input)
+    .then((n) => {
       if (n !== undefined) progress.state.total ??= n;
     }, () => {});
-
-  let sink: OutputSink | null = null;
-  let errSink: OutputSink | null = null;
-  const writeOpts = { outputTmpDir: options.outputTmpDir, input, stdout: options.stdout };
   try {
-    if (!options.validateOnly) {
-      sink = await openOutput({ ...writeOpts, ...options, output: options.output });
-      if (options.errorFile !== undefined) {
-        errSink = await openOutput({
-          ...writeOpts,
-          output: options.errorFile,
-          overwrite: options.overwrite || options.resume,
-          upload: options.upload,
-        });
-      }
+    sinks = await openSinks(options);
+    const slots = new Slots(Math.max(1, options.maxInFlight ?? 1024));
+    const emitter = sinks === null ? null : new Emitter({
+      ...sinks,
+      slots,
+      order: options.order ?? "completion",
+      onWriteError: (e) => run!.fail(`Cannot write the output: ${(e as Error).message}`, true),
+    });
+    run = new _Run(options, progress, slots, emitter);
+    if (options.signal?.aborted) onCancel();
+    options.signal?.addEventListener("abort", onCancel, { once: true });
+    if (options.deadlineMs !== undefined) {
+      const r = run;
+      timers.push(setTimeout(() => r.stopper.halt("expired", "expired"), options.deadlineMs));
     }
-    const answered = sink?.answered ?? new Set<string>();
     const seen = new Set<string>();
-    const slots = new _Slots(Math.max(1, options.maxInFlight ?? 1024));
-    const order = options.order ?? "completion";
-    const ready = new Map<number, { line: string; ok: boolean }>();
-    const tasks = new Set<Promise<void>>();
-    let nextSeq = 0;
-    let nextToWrite = 0;
-
-    const writeOne = (line: string, ok: boolean) => {
-      const target = ok || errSink === null ? sink : errSink;
-      target!.write(line).then(() => slots.release(), (e) => {
-        fatal ??= `Cannot write the output: ${(e as Error).message}`;
-        halt("failed", "cancelled");
-        slots.release();
-      });
-    };
-    /** Records an answer; written now (completion order) or once all earlier ones are. */
-    const emit = (seq: number, line: string, ok: boolean) => {
-      progress.state.done++;
-      if (!ok) progress.state.failed++;
-      if (order === "completion") return writeOne(line, ok);
-      ready.set(seq, { line, ok });
-      for (let r = ready.get(nextToWrite); r !== undefined; r = ready.get(nextToWrite)) {
-        ready.delete(nextToWrite++);
-        writeOne(r.line, r.ok);
-      }
-    };
-    const reject = (seq: number, error: LineError) => {
-      counts.failed++;
-      if (options.validateOnly) {
-        if (counts.failed <= 1000) progress.log(error.message);
-        return slots.release();
-      }
-      emit(seq, lineErrorLine(error), false);
-    };
-    const expire = (seq: number, customId: string, code: BatchFailureCode, why: string) => {
-      if (code === "request_timeout") counts.failed++;
-      else counts.cancelled++;
-      emit(seq, failureLine(customId, code, why), false);
-    };
-
-    const execute = async (
-      seq: number,
-      lineNo: number,
-      customId: string,
-      url: string,
-      body: unknown,
-    ) => {
-      const controller = new AbortController();
-      inFlight.add(controller);
-      const timer = options.requestTimeoutMs === undefined
-        ? undefined
-        : setTimeout(() => controller.abort("timeout"), options.requestTimeoutMs);
-      const aborted = new Promise<{ aborted: unknown }>((resolve) =>
-        controller.signal.addEventListener(
-          "abort",
-          () => resolve({ aborted: controller.signal.reason }),
-        )
-      );
-      const running = backend.run(url, body, { customId, signal: controller.signal }).then(
-        (value) => ({ value }),
-        (error: unknown) =>
-          controller.signal.aborted ? { aborted: controller.signal.reason } : { error },
-      );
-      const result: { value?: unknown; error?: unknown; aborted?: unknown } = await Promise.race([
-        running,
-        aborted,
-      ]);
-      clearTimeout(timer);
-      inFlight.delete(controller);
-      if ("aborted" in result) {
-        const reason = result.aborted;
-        if (reason === "timeout") {
-          expire(
-            seq,
-            customId,
-            "request_timeout",
-            `line ${lineNo}: request timed out after ${options.requestTimeoutMs} ms`,
-          );
-        } else if (reason === "expired") {
-          expire(
-            seq,
-            customId,
-            "batch_expired",
-            `line ${lineNo}: the batch deadline passed before this request finished`,
-          );
-        } else {
-          expire(
-            seq,
-            customId,
-            "batch_cancelled",
-            `line ${lineNo}: the batch was cancelled before this request finished`,
-          );
-        }
-      } else if ("error" in result) {
-        counts.failed++;
-        const e = result.error;
-        const body = e instanceof RequestError
-          ? { message: `line ${lineNo}: ${e.message}`, type: e.type, param: e.param, code: e.code }
-          : {
-            message: `line ${lineNo}: internal error: ${(e as Error)?.message ?? String(e)}`,
-            type: "server_error",
-            param: null,
-            code: "internal_error",
-          };
-        emit(seq, httpErrorLine(customId, e instanceof RequestError ? e.status : 500, body), false);
-      } else {
-        counts.succeeded++;
-        const usage = (result.value as { usage?: Record<string, unknown> } | null)?.usage;
-        tokens.prompt += _num(usage?.prompt_tokens);
-        tokens.completion += _num(usage?.completion_tokens);
-        progress.state.completionTokens = tokens.completion;
-        emit(seq, successLine(customId, result.value), true);
-      }
-    };
-
+    const answered = sinks?.sink.answered ?? new Set<string>();
     try {
-      for await (
-        const line of readLines(input, {
-          stdin: options.stdin,
-          maxLineBytes: options.maxLineBytes,
-          idleTimeoutMs: options.inputIdleTimeoutMs,
-        })
-      ) {
-        counts.total++;
-        let parsed = line.error === undefined ? parseRequestLine(line.lineNo, line.text) : {
-          ok: false as const,
-          error: {
-            ...lineError(line.lineNo, null, "", null, "invalid_line"),
-            message: line.error,
-          },
-        };
-        if (parsed.ok) {
-          const { customId, url, lineNo, body } = parsed.request;
-          if (answered.has(customId) && !seen.has(customId)) {
-            seen.add(customId);
-            counts.resumed++;
-            counts.succeeded++;
-            progress.state.done++;
-            continue;
-          }
-          if (seen.has(customId)) {
-            parsed = {
-              ok: false,
-              error: lineError(
-                lineNo,
-                customId,
-                `field "custom_id": duplicate "${customId}" (an earlier line has it)`,
-                "custom_id",
-                "duplicate_custom_id",
-              ),
-            };
-          } else if (!backend.urls.includes(url)) {
-            parsed = {
-              ok: false,
-              error: lineError(
-                lineNo,
-                customId,
-                `field "url": unsupported "${url}" (supported: ${backend.urls.join(", ")})`,
-                "url",
-                "unsupported_url",
-              ),
-            };
-          } else {
-            try {
-              backend.validate(url, body);
-            } catch (e) {
-              if (!(e instanceof RequestError)) throw e;
-              const param = e.param === null ? "body" : `body.${e.param}`;
-              parsed = {
-                ok: false,
-                error: lineError(
-                  lineNo,
-                  customId,
-                  `field "${param}": ${e.message}`,
-                  e.param,
-                  e.code ?? "invalid_field",
-                  e.status,
-                ),
-              };
-            }
-          }
-          seen.add(customId);
-        }
-        if (!parsed.ok && onInvalid === "skip") {
-          counts.skipped++;
-          progress.log(`skipped ${parsed.error.message}`);
-          continue;
-        }
-        if (!parsed.ok && onInvalid === "abort") {
-          fatal = `stopped at the first invalid line (onInvalid "abort"): ${parsed.error.message}`;
-          halt("failed");
-          break;
-        }
-        await slots.acquire();
-        if (stop === "failed") break;
-        const seq = nextSeq++;
-        if (!parsed.ok) {
-          reject(seq, parsed.error);
-          continue;
-        }
-        const { customId, url, lineNo, body } = parsed.request;
-        if (options.validateOnly) {
-          slots.release();
-        } else if (stop === "cancelled" || stop === "expired") {
-          const code = stop === "cancelled" ? "batch_cancelled" : "batch_expired";
-          expire(
-            seq,
-            customId,
-            code,
-            `line ${lineNo}: the batch was ${
-              stop === "cancelled" ? "cancelled" : "past its deadline"
-            } before this request ran`,
-          );
-        } else {
-          endpoint ||= url;
-          const task = execute(seq, lineNo, customId, url, body);
-          tasks.add(task);
-          task.finally(() => tasks.delete(task));
-        }
+      const lines = readLines(options.input, {
+        stdin: options.stdin,
+        maxLineBytes: options.maxLineBytes,
+        idleTimeoutMs: options.inputIdleTimeoutMs,
+      });
+      for await (const line of lines) {
+        if (!(await run.admit(line, seen, answered))) break;
       }
     } catch (e) {
-      fatal = (e as Error).message;
-      halt("failed");
+      run.fail((e as Error).message);
     }
-    while (tasks.size > 0) await Promise.all([...tasks]);
-    progress.state.total = counts.total;
-
-    let outputPath = "";
-    let errorPath: string | undefined;
-    if (sink !== null) {
-      if (stop === "failed") {
-        outputPath = (await sink.keep()) ?? "-";
-        errorPath = (await errSink?.keep()) ?? undefined;
-        if (sink.partialPath !== null) {
-          fatal += `; partial output kept in "${sink.partialPath}" (run again with --resume)`;
-        }
-      } else {
-        const committed = await sink.commit();
-        outputPath = committed.path;
-        errorPath = (await errSink?.commit())?.path;
-        if (committed.error !== undefined) {
-          fatal = committed.error;
-          stop = "failed";
-        }
-      }
-    }
-    const status: BatchStatus = stop ?? (options.validateOnly ? "validated" : "completed");
-    const summary: BatchSummary = {
-      id: `batch_${hex32()}`,
-      status,
-      ...counts,
-      promptTokens: tokens.prompt,
-      completionTokens: tokens.completion,
-      elapsedMs: Date.now() - startedMs,
-      outputPath,
-      errorPath,
-      error: fatal,
-      createdAt: Math.floor(startedMs / 1000),
-      completedAt: Math.floor(Date.now() / 1000),
-    };
-    if (options.summaryFile !== undefined) {
-      await Deno.writeTextFile(
-        options.summaryFile,
-        JSON.stringify(batchObject(summary, endpoint, input), null, 2) + "\n",
-      );
-    }
-    return summary;
+    await run.drain();
+    progress.state.total = run.tally.total;
+    return await finish(run, sinks, startedMs);
   } catch (e) {
     // Could not start (or an internal failure): keep what was written.
-    await sink?.keep().catch(() => {});
-    await errSink?.keep().catch(() => {});
+    await sinks?.sink.keep().catch(() => {});
+    await sinks?.errSink?.keep().catch(() => {});
     throw e;
   } finally {
     options.signal?.removeEventListener("abort", onCancel);

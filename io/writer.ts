@@ -9,7 +9,7 @@
  */
 import { basename, dirname, join, resolve } from "node:path";
 import { successfulCustomId } from "./batch_format.ts";
-import { readLines } from "./reader.ts";
+import { describeFsError, readLines } from "./reader.ts";
 
 /** Retry policy for uploading the output to a URL. */
 export interface UploadOptions {
@@ -89,6 +89,69 @@ async function _exists(path: string): Promise<boolean> {
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
     throw e;
+  }
+}
+
+/** Creates `dir` and its parents, then proves a file can be created in it. */
+async function _writableFolder(dir: string, what: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    const why = e instanceof Deno.errors.AlreadyExists || e instanceof Deno.errors.NotADirectory
+      ? "a file is in the way (a part of the path is a file, not a folder)"
+      : describeFsError(e);
+    throw new OutputError(`Cannot create the folder "${dir}" for ${what}: ${why}`);
+  }
+  let probe: string;
+  try {
+    probe = await Deno.makeTempFile({ dir, prefix: ".batchwright-probe-" });
+  } catch (e) {
+    throw new OutputError(`Cannot write ${what} into "${dir}": ${describeFsError(e)}`);
+  }
+  await Deno.remove(probe);
+}
+
+/**
+ * Checks a local output before anything is written: not the input, not a
+ * folder, its folder created (`mkdir -p`) and writable, and, unless
+ * `overwrite` or `resume`, neither it nor its `.partial` from an interrupted
+ * run exists. Throws {@linkcode OutputError} naming the path and what to do.
+ *
+ * @example
+ * ```ts
+ * await checkOutput("out/results.jsonl", { overwrite: false }); // creates out/
+ * ```
+ */
+export async function checkOutput(
+  output: string,
+  options: Omit<OutputOptions, "output" | "stdout" | "upload">,
+): Promise<void> {
+  if (output === "-" || isUrl(output)) return;
+  const target = resolve(output);
+  if (
+    options.input !== undefined && options.input !== "-" && !isUrl(options.input) &&
+    resolve(options.input) === target
+  ) {
+    throw new OutputError(`Refusing to write the output over the input "${options.input}"`);
+  }
+  if ((await Deno.stat(target).catch(() => null))?.isDirectory) {
+    throw new OutputError(`Output "${output}" is a directory: name a file inside it`);
+  }
+  await _writableFolder(dirname(target), `the output "${output}"`);
+  if (options.outputTmpDir !== undefined) {
+    await _writableFolder(options.outputTmpDir, `the partial output of "${output}"`);
+  }
+  if (options.overwrite || options.resume) return;
+  if (await _exists(target)) {
+    throw new OutputError(
+      `Output "${output}" already exists: pass --overwrite to replace it or --resume to continue it`,
+    );
+  }
+  const partial = resolve(options.outputTmpDir ?? dirname(target), `${basename(target)}.partial`);
+  if (await _exists(partial)) {
+    throw new OutputError(
+      `Found "${partial}" from an interrupted run: pass --resume to continue it or --overwrite to start over`,
+    );
   }
 }
 
@@ -178,27 +241,11 @@ export async function openOutput(options: OutputOptions): Promise<OutputSink> {
       (tmpDirCreated = await Deno.makeTempDir({ prefix: "batchwright-" }));
     partialPath = resolve(join(dir, `${name}.partial`));
   } else {
+    await checkOutput(output, options);
     const target = resolve(output);
-    if (options.input !== undefined && options.input !== "-" && !isUrl(options.input)) {
-      if (resolve(options.input) === target) {
-        throw new OutputError(`Refusing to write the output over the input "${options.input}"`);
-      }
-    }
     partialPath = resolve(
       join(options.outputTmpDir ?? dirname(target), `${basename(target)}.partial`),
     );
-    if (!options.overwrite && !options.resume) {
-      if (await _exists(target)) {
-        throw new OutputError(
-          `Output "${output}" already exists: pass --overwrite to replace it or --resume to continue it`,
-        );
-      }
-      if (await _exists(partialPath)) {
-        throw new OutputError(
-          `Found "${partialPath}" from an interrupted run: pass --resume to continue it or --overwrite to start over`,
-        );
-      }
-    }
   }
   const answered = new Set<string>();
   if (options.resume) {

@@ -1,0 +1,49 @@
+/**
+ * Checks a batch's paths before anything heavy happens (loading a model takes
+ * seconds to minutes): the input can be read, the output would not replace an
+ * existing file, its folder exists (created as `mkdir -p` would) and can be
+ * written. Each failure is one {@linkcode InputError} or {@linkcode OutputError}
+ * naming the path and what to do; nothing is left behind.
+ *
+ * @module
+ */
+import { dirname, resolve } from "node:path";
+import { checkInput } from "./reader.ts";
+import { checkOutput } from "./writer.ts";
+
+/** The paths {@linkcode preflightBatch} checks (a subset of `RunBatchOptions`). */
+export interface PreflightOptions {
+  readonly input: string;
+  readonly output: string;
+  readonly errorFile?: string;
+  readonly summaryFile?: string;
+  readonly outputTmpDir?: string;
+  readonly overwrite?: boolean;
+  readonly resume?: boolean;
+  /** Nothing is written: only the input is checked. */
+  readonly validateOnly?: boolean;
+}
+
+const isLocal = (s: string) => s !== "-" && !/^https?:\/\//i.test(s);
+
+/**
+ * Checks every path of a batch without writing anything but missing folders.
+ *
+ * @example
+ * ```ts
+ * await preflightBatch({ input: "requests.jsonl", output: "out/results.jsonl" });
+ * // throws InputError / OutputError naming the path, or creates out/ and returns
+ * ```
+ */
+export async function preflightBatch(options: PreflightOptions): Promise<void> {
+  await checkInput(options.input);
+  if (options.validateOnly) return;
+  await checkOutput(options.output, options);
+  if (options.errorFile !== undefined) {
+    // The error file follows the output: replaced by --overwrite, continued by --resume.
+    await checkOutput(options.errorFile, options);
+  }
+  if (options.summaryFile !== undefined && isLocal(options.summaryFile)) {
+    await Deno.mkdir(dirname(resolve(options.summaryFile)), { recursive: true });
+  }
+}
