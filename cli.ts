@@ -7,12 +7,24 @@
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Engine, type EngineOptions } from "./engine/engine.ts";
+import { Engine, type EngineOptions, type LoadProgress } from "./engine/engine.ts";
 import { ApiBackend } from "./api/backend.ts";
 import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
 import { downloadModel, formatProgress, parseModelRef } from "./engine/loader/hub.ts";
+import { preflightBatch } from "./io/preflight.ts";
+import denoJson from "./deno.json" with { type: "json" };
 
 type FlagType = "string" | "boolean";
+
+/** The sections of `--help`, in the order printed. */
+const GROUPS = {
+  required: "Required",
+  io: "Input and output",
+  engine: "Engine",
+  sampling:
+    "Sampling defaults (a request's own fields win, then the model's generation_config.json)",
+  operations: "Operations",
+} as const;
 
 interface Flag {
   readonly name: string;
@@ -21,6 +33,8 @@ interface Flag {
   readonly value?: string;
   readonly default?: string;
   readonly help: string;
+  /** The `--help` section (default: engine). */
+  readonly group?: keyof typeof GROUPS;
 }
 
 const FLAGS: readonly Flag[] = [
@@ -28,11 +42,13 @@ const FLAGS: readonly Flag[] = [
     name: "truncate-max-tokens",
     type: "boolean",
     default: "false",
+    group: "sampling",
     help:
       "cap a max_tokens that does not fit the context instead of answering 400 context_length_exceeded",
   },
   {
     name: "model",
+    group: "required",
     type: "string",
     value: "DIR|OWNER/NAME[@REV]",
     help:
@@ -41,6 +57,7 @@ const FLAGS: readonly Flag[] = [
   {
     name: "input-file",
     short: "i",
+    group: "required",
     type: "string",
     value: "PATH|URL|-",
     help:
@@ -49,6 +66,7 @@ const FLAGS: readonly Flag[] = [
   {
     name: "output-file",
     short: "o",
+    group: "required",
     type: "string",
     value: "PATH|URL|-",
     help:
@@ -56,12 +74,14 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "error-file",
+    group: "io",
     type: "string",
     value: "PATH",
     help: "write failed requests here instead of the output (OpenAI style)",
   },
   {
     name: "output-tmp-dir",
+    group: "io",
     type: "string",
     value: "DIR",
     help: "where the output waits before being renamed or uploaded",
@@ -69,6 +89,7 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "order",
+    group: "io",
     type: "string",
     value: "completion|input",
     default: "completion",
@@ -76,14 +97,22 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "resume",
+    group: "io",
     type: "boolean",
     default: "false",
     help:
       "keep the answers an earlier (interrupted) run wrote and run only the rest; after Ctrl-C, rerun the same command with --resume",
   },
-  { name: "overwrite", type: "boolean", default: "false", help: "replace an existing output file" },
+  {
+    name: "overwrite",
+    group: "io",
+    type: "boolean",
+    default: "false",
+    help: "replace an existing output file",
+  },
   {
     name: "validate-only",
+    group: "io",
     type: "boolean",
     default: "false",
     help:
@@ -91,6 +120,7 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "on-invalid",
+    group: "io",
     type: "string",
     value: "error-line|skip|abort",
     default: "error-line",
@@ -98,6 +128,7 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "max-concurrency",
+    group: "operations",
     type: "string",
     value: "N",
     default: "1024",
@@ -105,23 +136,33 @@ const FLAGS: readonly Flag[] = [
   },
   {
     name: "request-timeout",
+    group: "operations",
     type: "string",
     value: "SECONDS",
     help: "a request still running after this gets request_timeout",
   },
   {
     name: "deadline",
+    group: "operations",
     type: "string",
     value: "SECONDS",
     help: "the whole batch's time limit: what has not finished gets batch_expired",
   },
   {
     name: "summary-file",
+    group: "io",
     type: "string",
     value: "PATH",
     help: "write an OpenAI-style batch object (request_counts, usage) as JSON",
   },
-  { name: "quiet", short: "q", type: "boolean", default: "false", help: "no progress output" },
+  {
+    name: "quiet",
+    short: "q",
+    group: "operations",
+    type: "boolean",
+    default: "false",
+    help: "no progress output",
+  },
   {
     name: "served-model-name",
     type: "string",
@@ -185,29 +226,37 @@ const FLAGS: readonly Flag[] = [
     help:
       "WebGPU kernel class: cpu (software adapters like llvmpipe), gpu (real GPUs), auto picks by adapter",
   },
-  { name: "help", short: "h", type: "boolean", help: "print this help" },
+  { name: "help", short: "h", group: "operations", type: "boolean", help: "print this help" },
+  { name: "version", group: "operations", type: "boolean", help: "print the version and exit" },
 ];
 
-/** The usage text, every flag with its default. */
+/** `batchwright 0.1.0 (deno 2.9.6)`. */
+export function versionText(): string {
+  return `batchwright ${denoJson.version} (deno ${Deno.version.deno})`;
+}
+
+/** The usage text: every flag with its default, in sections, the required ones first. */
 export function usage(): string {
   const lines = [
-    "batchwright: batch inference for ERNIE-4.5 on WebGPU",
+    `batchwright ${denoJson.version}: batch inference for ERNIE-4.5 on WebGPU`,
     "",
     "Usage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT [options]",
-    "",
-    "Options:",
   ];
-  for (const f of FLAGS) {
-    const names = `${f.short ? `-${f.short}, ` : "    "}--${f.name}${f.value ? ` ${f.value}` : ""}`;
-    const def = f.default !== undefined ? ` (default: ${f.default})` : "";
-    lines.push(`  ${names.padEnd(42)} ${f.help}${def}`);
+  for (const [group, title] of Object.entries(GROUPS)) {
+    lines.push("", `${title}:`);
+    for (const f of FLAGS.filter((f) => (f.group ?? "engine") === group)) {
+      const value = f.value ? ` ${f.value}` : "";
+      const names = `${f.short ? `-${f.short}, ` : "    "}--${f.name}${value}`;
+      const def = f.default !== undefined ? ` (default: ${f.default})` : "";
+      lines.push(`  ${names.padEnd(42)} ${f.help}${def}`);
+    }
   }
   lines.push(
     "",
-    "Exit status: 0 when every request was answered (errors included), 1 when the run failed",
-    "(or --validate-only found invalid lines),",
-    "was cancelled or expired, 2 for a usage error. On SIGINT/SIGTERM the run stops taking work,",
-    "writes batch_cancelled lines for what never ran, and exits 130; --resume picks up from there.",
+    "Exit status: 0 when every request was answered (error lines included); 1 when the run",
+    "failed or expired, or --validate-only found invalid lines; 2 for a usage error; 130 when",
+    "cancelled. On SIGINT/SIGTERM the run stops taking work, writes batch_cancelled lines for",
+    "what never ran, and exits 130; --resume picks up from there.",
   );
   return lines.join("\n");
 }
@@ -269,7 +318,7 @@ export interface RunBatchCommand {
 }
 
 /** Turns `run-batch` arguments into options; throws UsageError. */
-export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help" {
+export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help" | "version" {
   const options = Object.fromEntries(
     FLAGS.map((f) => [f.name, { type: f.type, ...(f.short ? { short: f.short } : {}) }]),
   );
@@ -282,6 +331,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
     );
   }
   if (values.help) return "help";
+  if (values.version) return "version";
   const str = (name: string) => values[name] as string | undefined;
   for (const required of ["model", "input-file", "output-file"]) {
     if (!str(required)) throw new UsageError(`missing required flag --${required}`);
@@ -376,6 +426,21 @@ async function resolveModel(
   return { dir, name: ref.repo };
 }
 
+/** Prints "loading weights: 12/24 tensors" on stderr: redrawn on a terminal, every 2 s otherwise. */
+function loadProgressPrinter(dir: string): (p: LoadProgress) => void {
+  const tty = Deno.stderr.isTerminal();
+  let shown = -Infinity;
+  return (p) => {
+    const done = p.done === p.total;
+    if (!done && p.done > 1 && performance.now() - shown < (tty ? 100 : 2000)) return;
+    shown = performance.now();
+    const line = `batchwright: loading weights from ${dir}: ${p.done}/${p.total} tensors`;
+    if (tty) {
+      Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${done ? "\n" : ""}`));
+    } else console.error(line);
+  };
+}
+
 /** Runs the CLI; returns the exit status. */
 export async function main(args: readonly string[]): Promise<number> {
   const [command, ...rest] = args;
@@ -383,13 +448,17 @@ export async function main(args: readonly string[]): Promise<number> {
     console.log(usage());
     return command === undefined ? 2 : 0;
   }
+  if (command === "--version" || command === "-V") {
+    console.log(versionText());
+    return 0;
+  }
   if (command !== "run-batch") {
     console.error(
       `error: unknown command "${command}"\n\nUsage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)`,
     );
     return 2;
   }
-  let cmd: RunBatchCommand | "help";
+  let cmd: RunBatchCommand | "help" | "version";
   try {
     cmd = parseRunBatch(rest);
   } catch (e) {
@@ -401,6 +470,10 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   if (cmd === "help") {
     console.log(usage());
+    return 0;
+  }
+  if (cmd === "version") {
+    console.log(versionText());
     return 0;
   }
   // Mesa warns on every start when this is unset.
@@ -416,6 +489,8 @@ export async function main(args: readonly string[]): Promise<number> {
   Deno.addSignalListener("SIGTERM", onSignal);
   let engine: Engine | undefined;
   try {
+    // Everything that needs no model first: a real model takes seconds to minutes to load.
+    await preflightBatch(cmd.batch);
     const model = await resolveModel(cmd.modelDir, {
       quiet,
       weights: !cmd.batch.validateOnly,
@@ -424,9 +499,14 @@ export async function main(args: readonly string[]): Promise<number> {
     const servedModelName = cmd.engine.servedModelName ?? model.name;
     const backend = cmd.batch.validateOnly
       ? await ApiBackend.forValidation(model.dir, servedModelName)
-      : new ApiBackend(engine = await Engine.load(model.dir, { ...cmd.engine, servedModelName }), {
-        truncateMaxTokens: cmd.truncateMaxTokens,
-      });
+      : new ApiBackend(
+        engine = await Engine.load(model.dir, {
+          ...cmd.engine,
+          servedModelName,
+          onProgress: quiet ? undefined : loadProgressPrinter(model.dir),
+        }),
+        { truncateMaxTokens: cmd.truncateMaxTokens },
+      );
     if (engine && !quiet) {
       console.error(
         `batchwright: ${engine.modelName} on ${engine.runner.description}; ` +

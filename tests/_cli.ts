@@ -12,10 +12,11 @@ function childEnv(): Record<string, string> {
 /** Runs `deno run -A cli.ts ARGS` to the end and returns its exit code and output. */
 export async function runCli(
   args: readonly string[],
+  env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "cli.ts", ...args],
-    env: childEnv(),
+    env: { ...childEnv(), ...env },
     stdout: "piped",
     stderr: "piped",
   }).output();
