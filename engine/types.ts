@@ -37,7 +37,14 @@ export interface SamplingParams {
   readonly logprobs: boolean;
   /** How many alternatives to return with each chosen token (0..20). */
   readonly topLogprobs: number;
+  /** Constrain the answer to JSON (absent: free text). See engine/grammar.ts. */
+  readonly responseFormat?: ResponseFormat;
 }
+
+/** What a request asks the answer to be: any JSON object, or a document matching a JSON schema. */
+export type ResponseFormat =
+  | { readonly type: "json_object" }
+  | { readonly type: "json_schema"; readonly schema: unknown };
 
 /** Defaults a request starts from before generation_config.json and the body apply. */
 export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({
