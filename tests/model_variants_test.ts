@@ -5,7 +5,8 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./_assert.ts";
-import { gpuTest, rng } from "./_gpu.ts";
+import { rng } from "./_gpu.ts";
+import { backendTest } from "./_runners.ts";
 import { ReferenceModel } from "./reference.ts";
 import { makeModelDir } from "../tools/make_fixture.ts";
 import { buildTokenizerFiles } from "../tools/_tokenizer_files.ts";
@@ -120,7 +121,7 @@ const VARIANTS: {
 ];
 
 for (const v of VARIANTS) {
-  gpuTest(`a model the repo does not ship (${v.name}) matches the reference`, async (gpu) => {
+  backendTest(`a model the repo does not ship (${v.name}) matches the reference`, async (_, o) => {
     const dir = await Deno.makeTempDir({ prefix: "batchwright-variant-" });
     await makeModelDir(dir, v.config, { seed: 99, tokenizer });
     // The reference reads a single model.safetensors: load it before sharding.
@@ -129,7 +130,7 @@ for (const v of VARIANTS) {
       : null;
     if (v.rewrite) await rewrite(dir, v.rewrite);
     const ref = early ?? await ReferenceModel.load(dir, { vocabLimit: tokenizer.size });
-    const engine = await Engine.load(dir, { gpu, kvCacheMemory: 1 << 22, blockSize: 4 });
+    const engine = await Engine.load(dir, { ...o, kvCacheMemory: 1 << 22, blockSize: 4 });
     const r = rng(v.name.length);
     const prompts = [7, 19].map((n) =>
       Array.from({ length: n }, () => 300 + Math.floor(r() * 1500))

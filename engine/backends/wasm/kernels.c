@@ -1,0 +1,454 @@
+// The ERNIE-4.5 forward step in WebAssembly SIMD, run by every worker thread
+// at once over one shared memory. `wasm_runner.ts` lays out the weights, the
+// KV pool and the step buffers and fills a `Model`; each worker calls
+// `run_step(model, thread)` and the threads meet at a barrier between ops.
+//
+// Batch invariance: every output is a sum over k in one fixed order (sequential
+// fused multiply-adds for matmuls, fixed lane order for norms and dots) that
+// does not depend on how many rows are in the step, which tile a row lands in,
+// or how the work is split between threads.
+//
+// Build: `deno run -A tools/build_wasm.ts` (clang-19, wasm-ld-19).
+
+#include <stddef.h>
+#include <stdint.h>
+#include <wasm_simd128.h>
+
+typedef uint32_t u32;
+
+// A weight matrix y = x·Wᵀ, W (n, k), repacked into panels of 8 output columns.
+// Panel p, step k holds lane group A (4 columns) and B (4 columns):
+//   bf16: 4 u32 words, word j = bits(A_j) << 16 | bits(B_j)   (16 bytes per k)
+//   f32:  A_0..A_3 then B_0..B_3                               (32 bytes per k)
+// For "plain" weights A_j = column 8p + j, B_j = column 8p + 4 + j; for the
+// fused gate_up weight A_j = gate column 4p + j, B_j = up column 4p + j.
+typedef struct {
+  const void *data;
+  u32 n;       // output columns (for gate_up: intermediate size)
+  u32 k;       // input width
+  u32 panels;  // ceil(n / 8), or ceil(n / 4) for gate_up
+  u32 bf16;    // 1: bf16 words, 0: f32
+} Weight;
+
+typedef struct {
+  const float *input_norm;  // (H)
+  Weight qkv;               // ((HQ + 2·HKV)·D, H)
+  Weight o;                 // (H, HQ·D)
+  const float *post_norm;   // (H)
+  Weight gate_up;           // (2·I, H) as gate/up panels
+  Weight down;              // (H, I)
+  float *k_cache;           // (slots, HKV, D)
+  float *v_cache;           // (slots, HKV, D)
+} Layer;
+
+// Filled by wasm_runner.ts (MODEL_FIELDS there lists the same fields in order).
+typedef struct {
+  u32 threads;
+  u32 hidden, inter, layers, heads, kv_heads, head_dim, vocab;
+  float eps, pos_scale, attn_scale;
+  u32 block_size, max_blocks, valid_vocab;
+  const float *inv_freq;  // (D/2)
+  const Weight *embed;    // the embedding as panels (V, H)
+  const Weight *lm_head;  // the embedding when tied
+  const float *norm;      // (H)
+  const Layer *layer;     // (L)
+  // Step buffers.
+  float *x;               // (T, H) residual stream
+  float *normed;          // (T, H)
+  float *qkv;             // (T, (HQ + 2·HKV)·D)
+  float *attn;            // (T, HQ·D)
+  float *act;             // (T, I)
+  float *final_rows;      // (R, H) final-normed output rows
+  float *logits;          // (L_rows, V)
+  float *scratch;         // (threads, scratch_floats) per-thread attention scratch
+  u32 scratch_floats;
+  // The step, written by the main thread before waking the workers.
+  u32 tokens, rows, logit_rows, want_ids;
+  const u32 *ids;         // (T)
+  const u32 *positions;   // (T)
+  const u32 *slots;       // (T) KV slot of each token
+  const u32 *seq_of;      // (T) block-table row of each token
+  const u32 *block_table; // (S, max_blocks)
+  const u32 *out_rows;    // (R) token index of each output row
+  u32 *out_ids;           // (L_rows) argmax ids
+  // Barrier state (atomics).
+  u32 bar_count, bar_gen;
+} Model;
+
+u32 model_fields(void) { return sizeof(Model) / 4; }
+u32 weight_fields(void) { return sizeof(Weight) / 4; }
+u32 layer_fields(void) { return sizeof(Layer) / 4; }
+
+// ---------------------------------------------------------------- threads
+
+static void barrier(Model *m) {
+  if (m->threads == 1) return;
+  u32 gen = __atomic_load_n(&m->bar_gen, __ATOMIC_ACQUIRE);
+  if (__atomic_add_fetch(&m->bar_count, 1, __ATOMIC_ACQ_REL) == m->threads) {
+    __atomic_store_n(&m->bar_count, 0, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&m->bar_gen, 1, __ATOMIC_RELEASE);
+    __builtin_wasm_memory_atomic_notify((int *)&m->bar_gen, 0xffffffffu);
+    return;
+  }
+  for (int spin = 0; spin < 20000; spin++) {
+    if (__atomic_load_n(&m->bar_gen, __ATOMIC_ACQUIRE) != gen) return;
+  }
+  while (__atomic_load_n(&m->bar_gen, __ATOMIC_ACQUIRE) == gen) {
+    __builtin_wasm_memory_atomic_wait32((int *)&m->bar_gen, (int)gen, -1);
+  }
+}
+
+// [lo, hi) of n items for thread t of `threads`.
+static inline u32 split_lo(u32 n, u32 t, u32 threads) {
+  return (u32)(((uint64_t)n * t) / threads);
+}
+
+// ---------------------------------------------------------------- math
+
+// exp(x) for f32 lanes: 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2 (Cephes expf polynomial).
+static inline v128_t vexp(v128_t x) {
+  x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-87.0f)), wasm_f32x4_splat(88.0f));
+  v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
+  v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
+  r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
+  v128_t p = wasm_f32x4_splat(1.9875691500e-4f);
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.3981999507e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(8.3334519073e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(4.1665795894e-2f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.6666665459e-1f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(5.0000001201e-1f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(p, r), r), r);
+  p = wasm_f32x4_add(p, wasm_f32x4_splat(1.0f));
+  v128_t e = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
+  return wasm_f32x4_mul(p, e);
+}
+
+static inline float sexp(float x) { return wasm_f32x4_extract_lane(vexp(wasm_f32x4_splat(x)), 0); }
+
+// silu(g)·u lane-wise.
+static inline v128_t vswiglu(v128_t g, v128_t u) {
+  v128_t den = wasm_f32x4_add(wasm_f32x4_splat(1.0f), vexp(wasm_f32x4_neg(g)));
+  return wasm_f32x4_mul(wasm_f32x4_div(g, den), u);
+}
+
+// sin and cos of an angle in radians, in double precision: reduce to [−π/4, π/4]
+// by quarter turns, then Taylor series (error < 1e-16 there).
+static void sincos(double a, double *s, double *c) {
+  const double half_pi_hi = 1.5707963267341256, half_pi_lo = 6.077100506506192e-11;
+  double q = __builtin_nearbyint(a * 0.6366197723675814);
+  double y = (a - q * half_pi_hi) - q * half_pi_lo;
+  double y2 = y * y;
+  double sn = y * (1 + y2 * (-1.0 / 6 + y2 * (1.0 / 120 + y2 * (-1.0 / 5040 + y2 * (1.0 / 362880 +
+              y2 * (-1.0 / 39916800 + y2 * (1.0 / 6227020800.0)))))));
+  double cs = 1 + y2 * (-0.5 + y2 * (1.0 / 24 + y2 * (-1.0 / 720 + y2 * (1.0 / 40320 +
+              y2 * (-1.0 / 3628800 + y2 * (1.0 / 479001600.0 + y2 * (-1.0 / 87178291200.0)))))));
+  int quadrant = (int)((long long)q & 3);
+  switch (quadrant) {
+    case 0: *s = sn; *c = cs; break;
+    case 1: *s = cs; *c = -sn; break;
+    case 2: *s = -sn; *c = -cs; break;
+    default: *s = -cs; *c = sn; break;
+  }
+}
+
+// a·b + c rounded as the vector kernels round it (relaxed madd; wasm has no scalar fma).
+static inline float fmadd(float a, float b, float c) {
+  return wasm_f32x4_extract_lane(
+      wasm_f32x4_relaxed_madd(wasm_f32x4_splat(a), wasm_f32x4_splat(b), wasm_f32x4_splat(c)), 0);
+}
+
+// Sum of x[0..n) · y[0..n): four lanes in order, then lanes 0+1+2+3, then the tail.
+static inline float dot(const float *x, const float *y, u32 n) {
+  v128_t acc = wasm_f32x4_splat(0);
+  u32 i = 0;
+  for (; i + 4 <= n; i += 4) {
+    acc = wasm_f32x4_relaxed_madd(wasm_v128_load(x + i), wasm_v128_load(y + i), acc);
+  }
+  float s = (wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) +
+            (wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3));
+  for (; i < n; i++) s = fmadd(x[i], y[i], s);
+  return s;
+}
+
+// ---------------------------------------------------------------- ops
+
+// out[r] = w ⊙ x[src(r)] / sqrt(mean(x[src(r)]²) + eps) for rows split over threads.
+static void rms_norm(const Model *m, u32 t, const float *x, const float *w, float *out, u32 rows,
+                     const u32 *gather) {
+  u32 H = m->hidden;
+  for (u32 r = split_lo(rows, t, m->threads); r < split_lo(rows, t + 1, m->threads); r++) {
+    const float *src = x + (gather ? gather[r] : r) * H;
+    float scale = 1.0f / __builtin_sqrtf(dot(src, src, H) / (float)H + m->eps);
+    float *dst = out + r * H;
+    for (u32 c = 0; c < H; c++) dst[c] = w[c] * (src[c] * scale);
+  }
+}
+
+// Column c of a weight's packed panels at input index k (for the embedding gather).
+static inline float weight_at(const Weight *w, u32 c, u32 k) {
+  u32 p = c >> 3, j = c & 3, b = (c >> 2) & 1;
+  if (w->bf16) {
+    u32 word = ((const u32 *)w->data)[((size_t)p * w->k + k) * 4 + j];
+    u32 bits = b ? word << 16 : word & 0xffff0000u;
+    return __builtin_bit_cast(float, bits);
+  }
+  return ((const float *)w->data)[((size_t)p * w->k + k) * 8 + b * 4 + j];
+}
+
+static void embedding(const Model *m, u32 t) {
+  u32 H = m->hidden;
+  for (u32 i = split_lo(m->tokens, t, m->threads); i < split_lo(m->tokens, t + 1, m->threads); i++) {
+    u32 id = m->ids[i];
+    for (u32 c = 0; c < H; c++) m->x[i * H + c] = weight_at(m->embed, id, c);
+  }
+}
+
+enum { STORE = 0, ADD = 1, SWIGLU = 2 };
+
+// One tile: R rows of x (R ≤ 4) against one panel, over the whole k range in order.
+static inline __attribute__((always_inline)) void tile(const int R, const int BF, const Weight *w,
+                                                       u32 p, const float *x, u32 ldx, float *out,
+                                                       u32 ldo, int mode) {
+  v128_t a0 = wasm_f32x4_splat(0), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+  const u32 K = w->k;
+  const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+  const v128_t hi = wasm_i32x4_splat((int)0xffff0000u);
+  const u32 *pw = (const u32 *)w->data + (size_t)p * K * 4;
+  const float *pf = (const float *)w->data + (size_t)p * K * 8;
+  for (u32 k = 0; k < K; k++) {
+    v128_t wa, wb;
+    if (BF) {
+      v128_t v = wasm_v128_load(pw + 4 * k);
+      wa = wasm_v128_and(v, hi);
+      wb = wasm_i32x4_shl(v, 16);
+    } else {
+      wa = wasm_v128_load(pf + 8 * k);
+      wb = wasm_v128_load(pf + 8 * k + 4);
+    }
+    v128_t s = wasm_v128_load32_splat(x0 + k);
+    a0 = wasm_f32x4_relaxed_madd(wa, s, a0);
+    b0 = wasm_f32x4_relaxed_madd(wb, s, b0);
+    if (R > 1) {
+      s = wasm_v128_load32_splat(x1 + k);
+      a1 = wasm_f32x4_relaxed_madd(wa, s, a1);
+      b1 = wasm_f32x4_relaxed_madd(wb, s, b1);
+    }
+    if (R > 2) {
+      s = wasm_v128_load32_splat(x2 + k);
+      a2 = wasm_f32x4_relaxed_madd(wa, s, a2);
+      b2 = wasm_f32x4_relaxed_madd(wb, s, b2);
+    }
+    if (R > 3) {
+      s = wasm_v128_load32_splat(x3 + k);
+      a3 = wasm_f32x4_relaxed_madd(wa, s, a3);
+      b3 = wasm_f32x4_relaxed_madd(wb, s, b3);
+    }
+  }
+  v128_t as[4] = {a0, a1, a2, a3}, bs[4] = {b0, b1, b2, b3};
+  for (int r = 0; r < R; r++) {
+    float *o = out + r * ldo;
+    float av[4], bv[4];
+    if (mode == SWIGLU) {
+      wasm_v128_store(av, vswiglu(as[r], bs[r]));
+      for (u32 j = 0; j < 4 && 4 * p + j < w->n; j++) o[4 * p + j] = av[j];
+      continue;
+    }
+    wasm_v128_store(av, as[r]);
+    wasm_v128_store(bv, bs[r]);
+    for (u32 j = 0; j < 8 && 8 * p + j < w->n; j++) {
+      float v = j < 4 ? av[j] : bv[j - 4];
+      if (mode == ADD) o[8 * p + j] += v;
+      else o[8 * p + j] = v;
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void matmul_bf(const int BF, const Model *m, u32 t,
+                                                            const Weight *w, const float *x,
+                                                            u32 ldx, float *out, u32 ldo, u32 rows,
+                                                            int mode) {
+  u32 lo = split_lo(w->panels, t, m->threads), hi = split_lo(w->panels, t + 1, m->threads);
+  for (u32 p = lo; p < hi; p++) {
+    u32 r = 0;
+    for (; r + 4 <= rows; r += 4) tile(4, BF, w, p, x + r * ldx, ldx, out + r * ldo, ldo, mode);
+    for (; r < rows; r++) tile(1, BF, w, p, x + r * ldx, ldx, out + r * ldo, ldo, mode);
+  }
+}
+
+// out (rows, ldo) = or += x (rows, ldx) · Wᵀ, this thread's share of the panels.
+static void matmul(const Model *m, u32 t, const Weight *w, const float *x, u32 ldx, float *out,
+                   u32 ldo, u32 rows, int mode) {
+  if (w->bf16) matmul_bf(1, m, t, w, x, ldx, out, ldo, rows, mode);
+  else matmul_bf(0, m, t, w, x, ldx, out, ldo, rows, mode);
+}
+
+// Interleaved rotary embedding of q and k in place, then k and v appended at the token's slot.
+static void rotary_kv(const Model *m, u32 t, const Layer *l) {
+  u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, half = D / 2;
+  u32 width = (HQ + 2 * HKV) * D;
+  float *cs = m->scratch + t * m->scratch_floats;  // (D/2) cos, then (D/2) sin
+  float *sn = cs + half;
+  for (u32 i = split_lo(m->tokens, t, m->threads); i < split_lo(m->tokens, t + 1, m->threads); i++) {
+    float pos = (float)m->positions[i] * m->pos_scale;
+    for (u32 f = 0; f < half; f++) {
+      double s, c;
+      sincos((double)pos * (double)m->inv_freq[f], &s, &c);
+      cs[f] = (float)c;
+      sn[f] = (float)s;
+    }
+    float *row = m->qkv + i * width;
+    for (u32 h = 0; h < HQ + HKV; h++) {
+      float *v = row + h * D;
+      for (u32 f = 0; f < half; f++) {
+        float x0 = v[2 * f], x1 = v[2 * f + 1];
+        v[2 * f] = x0 * cs[f] - x1 * sn[f];
+        v[2 * f + 1] = x1 * cs[f] + x0 * sn[f];
+      }
+    }
+    size_t slot = (size_t)m->slots[i] * HKV * D;
+    for (u32 e = 0; e < HKV * D; e++) {
+      l->k_cache[slot + e] = row[HQ * D + e];
+      l->v_cache[slot + e] = row[(HQ + HKV) * D + e];
+    }
+  }
+}
+
+enum { CHUNK = 32 };
+
+// Causal attention of one token for all query heads of one KV head, in chunks of
+// CHUNK keys with an online softmax; keys read through the sequence's block table.
+static void attend(const Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
+  u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, G = HQ / HKV;
+  u32 width = (HQ + 2 * HKV) * D;
+  float *q = scratch;             // (G, D) scaled queries
+  float *acc = q + G * D;         // (G, D)
+  float *s = acc + G * D;         // (G, CHUNK) scores, then probabilities
+  float *mx = s + G * CHUNK;      // (G) running max
+  float *sum = mx + G;            // (G) running denominator
+  const float *qsrc = m->qkv + i * width + g * G * D;
+  for (u32 e = 0; e < G * D; e++) {
+    q[e] = qsrc[e] * m->attn_scale;
+    acc[e] = 0;
+  }
+  for (u32 h = 0; h < G; h++) {
+    mx[h] = -3.0e38f;
+    sum[h] = 0;
+  }
+  u32 len = m->positions[i] + 1;
+  const u32 *table = m->block_table + m->seq_of[i] * m->max_blocks;
+  u32 B = m->block_size;
+  const float *vrow[CHUNK];
+  for (u32 c0 = 0; c0 < len; c0 += CHUNK) {
+    u32 n = len - c0 < CHUNK ? len - c0 : CHUNK;
+    for (u32 j = 0; j < n; j++) {
+      u32 pos = c0 + j;
+      size_t base = ((size_t)(table[pos / B] * B + pos % B) * HKV + g) * D;
+      const float *k = l->k_cache + base;
+      vrow[j] = l->v_cache + base;
+      for (u32 h = 0; h < G; h++) s[h * CHUNK + j] = dot(q + h * D, k, D);
+    }
+    for (u32 h = 0; h < G; h++) {
+      float *sh = s + h * CHUNK;
+      float mnew = mx[h];
+      for (u32 j = 0; j < n; j++) mnew = sh[j] > mnew ? sh[j] : mnew;
+      float total = 0;
+      for (u32 j = 0; j < n; j++) {
+        sh[j] = sexp(sh[j] - mnew);
+        total += sh[j];
+      }
+      float corr = sexp(mx[h] - mnew);
+      sum[h] = sum[h] * corr + total;
+      mx[h] = mnew;
+      float *a = acc + h * D;
+      for (u32 d = 0; d < D; d++) a[d] *= corr;
+    }
+    for (u32 j = 0; j < n; j++) {
+      const float *v = vrow[j];
+      for (u32 h = 0; h < G; h++) {
+        float p = s[h * CHUNK + j];
+        float *a = acc + h * D;
+        v128_t pv = wasm_f32x4_splat(p);
+        u32 d = 0;
+        for (; d + 4 <= D; d += 4) {
+          wasm_v128_store(a + d, wasm_f32x4_relaxed_madd(pv, wasm_v128_load(v + d),
+                                                         wasm_v128_load(a + d)));
+        }
+        for (; d < D; d++) a[d] = fmadd(p, v[d], a[d]);
+      }
+    }
+  }
+  float *out = m->attn + i * HQ * D + g * G * D;
+  for (u32 h = 0; h < G; h++) {
+    for (u32 d = 0; d < D; d++) out[h * D + d] = acc[h * D + d] / sum[h];
+  }
+}
+
+static void attention(const Model *m, u32 t, const Layer *l) {
+  u32 tasks = m->tokens * m->kv_heads;
+  float *scratch = m->scratch + t * m->scratch_floats;
+  for (u32 x = split_lo(tasks, t, m->threads); x < split_lo(tasks, t + 1, m->threads); x++) {
+    attend(m, l, x / m->kv_heads, x % m->kv_heads, scratch);
+  }
+}
+
+// ids[r] = argmax over the first valid_vocab logits of row r; ties → lowest id.
+static void argmax(const Model *m, u32 t) {
+  u32 V = m->vocab;
+  for (u32 r = split_lo(m->logit_rows, t, m->threads); r < split_lo(m->logit_rows, t + 1, m->threads);
+       r++) {
+    const float *row = m->logits + (size_t)r * V;
+    float best = -3.0e38f;
+    u32 id = 0xffffffffu;
+    for (u32 i = 0; i < m->valid_vocab; i++) {
+      if (row[i] > best) {
+        best = row[i];
+        id = i;
+      }
+    }
+    m->out_ids[r] = id;
+  }
+}
+
+// ---------------------------------------------------------------- the step
+
+// One forward step; every thread calls this with its index.
+void run_step(Model *m, u32 t) {
+  u32 T = m->tokens, H = m->hidden, I = m->inter;
+  u32 qkv_width = (m->heads + 2 * m->kv_heads) * m->head_dim;
+  u32 attn_width = m->heads * m->head_dim;
+  embedding(m, t);
+  barrier(m);
+  for (u32 li = 0; li < m->layers; li++) {
+    const Layer *l = &m->layer[li];
+    rms_norm(m, t, m->x, l->input_norm, m->normed, T, 0);
+    barrier(m);
+    matmul(m, t, &l->qkv, m->normed, H, m->qkv, qkv_width, T, STORE);
+    barrier(m);
+    rotary_kv(m, t, l);
+    barrier(m);
+    attention(m, t, l);
+    barrier(m);
+    matmul(m, t, &l->o, m->attn, attn_width, m->x, H, T, ADD);
+    barrier(m);
+    rms_norm(m, t, m->x, l->post_norm, m->normed, T, 0);
+    barrier(m);
+    matmul(m, t, &l->gate_up, m->normed, H, m->act, I, T, SWIGLU);
+    barrier(m);
+    matmul(m, t, &l->down, m->act, I, m->x, H, T, ADD);
+    barrier(m);
+  }
+  rms_norm(m, t, m->x, m->norm, m->final_rows, m->rows, m->out_rows);
+  barrier(m);
+  if (m->logit_rows > 0) {
+    matmul(m, t, m->lm_head, m->final_rows, H, m->logits, m->vocab, m->logit_rows, STORE);
+    if (m->want_ids) {
+      barrier(m);
+      argmax(m, t);
+    }
+  }
+}
+
+// Matmul alone, for benchmarks and kernel tests: out (rows, w.n) = x (rows, w.k) · Wᵀ.
+void run_matmul(Model *m, u32 t, const Weight *w, const float *x, float *out, u32 rows) {
+  matmul(m, t, w, x, w->k, out, w->n, rows, STORE);
+}

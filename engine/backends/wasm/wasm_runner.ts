@@ -1,0 +1,393 @@
+/**
+ * The ERNIE-4.5 forward step on the CPU in WebAssembly SIMD with threads: the
+ * same step semantics as the WebGPU runner (`engine/model_runner.ts`), with the
+ * weights, the paged KV pool and the step buffers in one shared wasm memory and
+ * the whole forward (embedding to argmax) in `kernels.c`.
+ *
+ * @module
+ */
+import type { ModelShape, WeightSource } from "../../model.ts";
+import { ropeInvFreq } from "../../model.ts";
+import type { BackendLimits, Runner, RunnerOptions, StepResult, StepSeq } from "../../runner.ts";
+import { WasmThreads } from "./threads.ts";
+import { type PackedWeight, packWeight, WEIGHT_WORDS, writeWeight } from "./weights.ts";
+
+/** `Model` in kernels.c, field by field (u32 unless noted f32). */
+const MODEL_FIELDS = [
+  "threads",
+  "hidden",
+  "inter",
+  "layers",
+  "heads",
+  "kv_heads",
+  "head_dim",
+  "vocab",
+  "eps", // f32
+  "pos_scale", // f32
+  "attn_scale", // f32
+  "block_size",
+  "max_blocks",
+  "valid_vocab",
+  "inv_freq",
+  "embed",
+  "lm_head",
+  "norm",
+  "layer",
+  "x",
+  "normed",
+  "qkv",
+  "attn",
+  "act",
+  "final_rows",
+  "logits",
+  "scratch",
+  "scratch_floats",
+  "tokens",
+  "rows",
+  "logit_rows",
+  "want_ids",
+  "ids",
+  "positions",
+  "slots",
+  "seq_of",
+  "block_table",
+  "out_rows",
+  "out_ids",
+  "bar_count",
+  "bar_gen",
+] as const;
+type ModelField = typeof MODEL_FIELDS[number];
+const F = Object.fromEntries(MODEL_FIELDS.map((f, i) => [f, i])) as Record<ModelField, number>;
+const LAYER_WORDS = 4 + 4 * WEIGHT_WORDS;
+
+const GIB = 1024 ** 3;
+const WASM_MEMORY = 4 * GIB;
+/** Room kept for step buffers, stacks and the logits of many rows. */
+const ACTIVATION_RESERVE = 384 * 1024 ** 2;
+const LOGITS_BYTES = 256 * 1024 ** 2;
+
+/** Byte offsets of the step buffers the main thread writes and reads. */
+interface StepBuffers {
+  readonly ids: number; // (T) u32
+  readonly positions: number; // (T) u32
+  readonly slots: number; // (T) u32 KV slot of each token
+  readonly seqOf: number; // (T) u32 block-table row of each token
+  readonly blockTable: number; // (S, maxBlocks) u32
+  readonly rows: number; // (R) u32 token index of each output row
+  readonly outIds: number; // (L) u32 argmax ids
+  readonly logits: number; // (L, V) f32
+  readonly final: number; // (R, H) f32 final-normed rows
+}
+
+/** Options of the wasm backend. */
+export interface WasmOptions {
+  /** Worker threads (default `navigator.hardwareConcurrency`). */
+  readonly threads?: number;
+}
+
+/** Bytes of the weights as the wasm backend holds bf16 checkpoints (an untied lm_head counted). */
+function weightEstimate(s: ModelShape): number {
+  const { hiddenSize: H, intermediateSize: I, numHeads: HQ, numKvHeads: HKV, headDim: D } = s;
+  const layer = (HQ + 2 * HKV) * D * H + H * HQ * D + 2 * I * H + H * I;
+  return 2 * (2 * s.vocabSize * H + s.numLayers * layer);
+}
+
+/**
+ * What the wasm backend allows: all of weights, KV pool and activations live in
+ * one 4 GiB wasm32 memory. The default KV budget is 1 GiB or what is left.
+ */
+export function wasmLimits(shape: ModelShape): BackendLimits {
+  const free = WASM_MEMORY - weightEstimate(shape) - ACTIVATION_RESERVE;
+  const kv = Math.max(0, free);
+  return {
+    maxKvBytesPerLayer: Math.floor(kv / (2 * shape.numLayers)),
+    defaultKvBytes: Math.min(GIB, kv),
+    maxLogitRows: Math.max(1, Math.floor(LOGITS_BYTES / (shape.vocabSize * 4))),
+  };
+}
+
+/** The model in a shared wasm memory, computed by worker threads. */
+export class WasmRunner implements Runner {
+  readonly description: string;
+  readonly #model: number;
+  readonly #buf: StepBuffers;
+
+  private constructor(
+    readonly pool: WasmThreads,
+    readonly shape: ModelShape,
+    readonly options: RunnerOptions,
+    readonly weightBytes: number,
+    readonly kvBytes: number,
+    readonly maxLogitRows: number,
+    readonly maxRows: number,
+    model: number,
+    buf: StepBuffers,
+  ) {
+    this.description = `wasm: ${pool.threads} thread${pool.threads === 1 ? "" : "s"}`;
+    this.#model = model;
+    this.#buf = buf;
+  }
+
+  /** Starts the workers, packs the weights and allocates the KV pool and step buffers. */
+  static async create(
+    shape: ModelShape,
+    source: WeightSource,
+    o: RunnerOptions,
+    wasm: WasmOptions = {},
+  ): Promise<WasmRunner> {
+    const threads = wasm.threads ?? navigator.hardwareConcurrency ?? 1;
+    const pool = await WasmThreads.start(threads);
+    try {
+      return await WasmRunner.#build(pool, shape, source, o);
+    } catch (e) {
+      pool.close();
+      throw e;
+    }
+  }
+
+  static async #build(
+    pool: WasmThreads,
+    s: ModelShape,
+    source: WeightSource,
+    o: RunnerOptions,
+  ): Promise<WasmRunner> {
+    const {
+      hiddenSize: H,
+      intermediateSize: I,
+      numHeads: HQ,
+      numKvHeads: HKV,
+      headDim: D,
+      vocabSize: V,
+      numLayers: L,
+    } = s;
+    const sizes = pool.structWords;
+    if (
+      sizes.model !== MODEL_FIELDS.length || sizes.weight !== WEIGHT_WORDS ||
+      sizes.layer !== LAYER_WORDS
+    ) {
+      throw new Error(
+        `wasm backend: kernels.c structs do not match wasm_runner.ts (${JSON.stringify(sizes)})`,
+      );
+    }
+    if (HQ % HKV !== 0) throw new Error(`num_attention_heads ${HQ} is not a multiple of ${HKV}`);
+    if (D % 2 !== 0) throw new Error(`head_dim ${D} must be even for interleaved rotary`);
+    let weightBytes = 0;
+    const need = async (name: string, shape: readonly number[]) => {
+      const t = await source.get(name);
+      if (!t) throw new Error(`Weight "${name}" is missing from the checkpoint`);
+      if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+        throw new Error(`Weight "${name}" has shape [${t.shape}], expected [${shape}]`);
+      }
+      return t;
+    };
+    const matrix = async (name: string, rows: number, cols: number, layout?: "gate_up") => {
+      const w = packWeight(pool, await need(name, [rows, cols]), layout);
+      weightBytes += w.bytes;
+      return w;
+    };
+    const f32s = (values: ArrayLike<number>) => {
+      const at = pool.alloc(values.length * 4);
+      pool.f32(at, values.length).set(values);
+      return at;
+    };
+    const vector = async (name: string, n: number) => {
+      const t = await need(name, [n]);
+      const data = t.data instanceof Float32Array ? t.data : widen(t.data);
+      weightBytes += n * 4;
+      return f32s(data);
+    };
+
+    // Weights, one tensor at a time.
+    const embed = await matrix("embed", V, H);
+    const head = await source.get("lm_head");
+    const lmHead = head ? await matrix("lm_head", V, H) : embed;
+    const layers: {
+      inputNorm: number;
+      qkv: PackedWeight;
+      o: PackedWeight;
+      postNorm: number;
+      gateUp: PackedWeight;
+      down: PackedWeight;
+    }[] = [];
+    for (let i = 0; i < L; i++) {
+      const p = `layers.${i}`;
+      layers.push({
+        inputNorm: await vector(`${p}.input_norm`, H),
+        qkv: await matrix(`${p}.qkv`, (HQ + 2 * HKV) * D, H),
+        o: await matrix(`${p}.o`, H, HQ * D),
+        postNorm: await vector(`${p}.post_norm`, H),
+        gateUp: await matrix(`${p}.gate_up`, 2 * I, H, "gate_up"),
+        down: await matrix(`${p}.down`, H, I),
+      });
+    }
+    const norm = await vector("norm", H);
+
+    // KV pool: per layer (slots, HKV, D) f32, K and V.
+    const slotBytes = o.numBlocks * o.blockSize * HKV * D * 4;
+    const kCache = layers.map(() => pool.alloc(slotBytes));
+    const vCache = layers.map(() => pool.alloc(slotBytes));
+
+    // Step buffers.
+    const T = o.maxNumBatchedTokens;
+    const maxRows = Math.max(o.maxNumSeqs, T);
+    const maxLogitRows = Math.min(o.maxNumSeqs, wasmLimits(s).maxLogitRows);
+    const G = HQ / HKV;
+    const scratchFloats = Math.max(D, 2 * G * D + G * 32 + 2 * G) + 16;
+    const u32 = (n: number) => pool.alloc(Math.max(1, n) * 4);
+    const buf = {
+      ids: u32(T),
+      positions: u32(T),
+      slots: u32(T),
+      seqOf: u32(T),
+      blockTable: u32(o.maxNumSeqs * o.maxBlocksPerSeq),
+      rows: u32(maxRows),
+      outIds: u32(maxLogitRows),
+      logits: u32(maxLogitRows * V),
+      final: u32(maxRows * H),
+    };
+    const layerTable = pool.alloc(L * LAYER_WORDS * 4);
+    const weightTable = pool.alloc(2 * WEIGHT_WORDS * 4);
+    const model = pool.alloc(MODEL_FIELDS.length * 4);
+    const fields: Partial<Record<ModelField, number>> = {
+      threads: pool.threads,
+      hidden: H,
+      inter: I,
+      layers: L,
+      heads: HQ,
+      kv_heads: HKV,
+      head_dim: D,
+      vocab: V,
+      block_size: o.blockSize,
+      max_blocks: o.maxBlocksPerSeq,
+      valid_vocab: o.validVocab,
+      inv_freq: f32s(ropeInvFreq(s)),
+      embed: weightTable,
+      lm_head: weightTable + WEIGHT_WORDS * 4,
+      norm,
+      layer: layerTable,
+      x: u32(T * H),
+      normed: u32(T * H),
+      qkv: u32(T * (HQ + 2 * HKV) * D),
+      attn: u32(T * HQ * D),
+      act: u32(T * I),
+      final_rows: buf.final,
+      logits: buf.logits,
+      scratch: u32(pool.threads * scratchFloats),
+      scratch_floats: scratchFloats,
+      ids: buf.ids,
+      positions: buf.positions,
+      slots: buf.slots,
+      seq_of: buf.seqOf,
+      block_table: buf.blockTable,
+      out_rows: buf.rows,
+      out_ids: buf.outIds,
+    };
+    const words = pool.u32(model, MODEL_FIELDS.length);
+    for (const [f, v] of Object.entries(fields)) words[F[f as ModelField]] = v;
+    const floats = pool.f32(model, MODEL_FIELDS.length);
+    floats[F.eps] = s.rmsNormEps;
+    floats[F.pos_scale] = 1 / s.compressionRatio;
+    floats[F.attn_scale] = 1 / Math.sqrt(D);
+    const wt = pool.u32(weightTable, 2 * WEIGHT_WORDS);
+    writeWeight(wt, 0, embed);
+    writeWeight(wt, WEIGHT_WORDS, lmHead);
+    const lt = pool.u32(layerTable, L * LAYER_WORDS);
+    layers.forEach((l, i) => {
+      const at = i * LAYER_WORDS;
+      lt[at] = l.inputNorm;
+      writeWeight(lt, at + 1, l.qkv);
+      writeWeight(lt, at + 1 + WEIGHT_WORDS, l.o);
+      lt[at + 1 + 2 * WEIGHT_WORDS] = l.postNorm;
+      writeWeight(lt, at + 2 + 2 * WEIGHT_WORDS, l.gateUp);
+      writeWeight(lt, at + 2 + 3 * WEIGHT_WORDS, l.down);
+      lt[at + 2 + 4 * WEIGHT_WORDS] = kCache[i]!;
+      lt[at + 3 + 4 * WEIGHT_WORDS] = vCache[i]!;
+    });
+    return new WasmRunner(
+      pool,
+      s,
+      o,
+      weightBytes,
+      2 * L * slotBytes,
+      maxLogitRows,
+      maxRows,
+      model,
+      buf,
+    );
+  }
+
+  /**
+   * Runs one forward step over the scheduled sequences. Sample rows get argmax
+   * ids, or their full logits when `wantLogits` (for the CPU sampler).
+   */
+  async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
+    const o = this.options;
+    const pool = this.pool;
+    const b = this.#buf;
+    const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
+    if (T > o.maxNumBatchedTokens) {
+      throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
+    }
+    if (seqs.length > o.maxNumSeqs) {
+      throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
+    }
+    const ids = pool.u32(b.ids, T);
+    const positions = pool.u32(b.positions, T);
+    const slots = pool.u32(b.slots, T);
+    const seqOf = pool.u32(b.seqOf, T);
+    const table = pool.u32(b.blockTable, seqs.length * o.maxBlocksPerSeq);
+    const sampleRows: number[] = [];
+    const hiddenRows: number[] = [];
+    let t = 0;
+    seqs.forEach((s, si) => {
+      if (s.blockTable.length > o.maxBlocksPerSeq) {
+        throw new Error("block table longer than maxBlocksPerSeq");
+      }
+      table.set(s.blockTable, si * o.maxBlocksPerSeq);
+      const n = s.tokens.length;
+      for (let i = 0; i < n; i++, t++) {
+        const pos = s.start + i;
+        const block = s.blockTable[Math.floor(pos / o.blockSize)];
+        if (block === undefined) throw new Error(`no KV block for position ${pos}`);
+        if (block >= o.numBlocks) throw new Error(`KV block ${block} ≥ ${o.numBlocks}`);
+        const id = s.tokens[i]!;
+        if (id >= this.shape.vocabSize) throw new Error(`token id ${id} ≥ vocab`);
+        ids[t] = id;
+        positions[t] = pos;
+        slots[t] = block * o.blockSize + (pos % o.blockSize);
+        seqOf[t] = si;
+        const last = i === n - 1;
+        if (s.output === "sample" && last) sampleRows.push(t);
+        if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
+      }
+    });
+    const L = sampleRows.length;
+    const R = L + hiddenRows.length;
+    if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
+    if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
+    pool.u32(b.rows, R).set([...sampleRows, ...hiddenRows]);
+    const words = pool.u32(this.#model, MODEL_FIELDS.length);
+    words[F.tokens] = T;
+    words[F.rows] = R;
+    words[F.logit_rows] = L;
+    words[F.want_ids] = wantLogits ? 0 : 1;
+    if (T > 0) await pool.run("run_step", this.#model);
+    const { vocabSize: V, hiddenSize: H } = this.shape;
+    return {
+      ids: L > 0 && !wantLogits ? pool.u32(b.outIds, L).slice() : undefined,
+      logits: L > 0 && wantLogits ? pool.f32(b.logits, L * V).slice() : undefined,
+      hidden: R > L ? pool.f32(b.final + L * H * 4, (R - L) * H).slice() : undefined,
+    };
+  }
+
+  /** Stops the worker threads; the memory goes with the last reference. */
+  destroy(): void {
+    this.pool.close();
+  }
+}
+
+function widen(bits: Uint16Array): Float32Array {
+  const u = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) u[i] = bits[i]! << 16;
+  return new Float32Array(u.buffer);
+}
