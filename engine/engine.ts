@@ -17,6 +17,7 @@ import {
 import { Checkpoint } from "./loader/checkpoint.ts";
 import { ModelTokenizer } from "./loader/tokenizer.ts";
 import { ModelRunner } from "./model_runner.ts";
+import { wasmLimits, WasmRunner } from "./backends/wasm/wasm_runner.ts";
 import type { BackendLimits, Runner, RunnerOptions, StepSeq } from "./runner.ts";
 import type { ModelShape, WeightSource } from "./model.ts";
 import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
@@ -55,10 +56,12 @@ export interface EngineOptions {
   /** L2-normalise embeddings (default true). */
   readonly normalizeEmbeddings?: boolean;
   /**
-   * Where the model runs: `"webgpu"` (WGSL kernels on the WebGPU adapter) or `"auto"`
-   * (the default: WebGPU).
+   * Where the model runs: `"webgpu"` (WGSL kernels on the WebGPU adapter), `"wasm"`
+   * (WebAssembly SIMD on the CPU, in worker threads) or `"auto"` (the default: WebGPU).
    */
-  readonly backend?: "auto" | "webgpu";
+  readonly backend?: "auto" | "webgpu" | "wasm";
+  /** Worker threads of the wasm backend (default `navigator.hardwareConcurrency`). */
+  readonly threads?: number;
   /** An opened device (default: the runtime's default adapter). */
   readonly gpu?: Gpu;
   /**
@@ -96,7 +99,14 @@ interface BackendChoice {
 }
 
 /** Opens the backend the options ask for and states its limits. */
-async function openBackend(options: EngineOptions, vocabSize: number): Promise<BackendChoice> {
+async function openBackend(options: EngineOptions, shape: ModelShape): Promise<BackendChoice> {
+  if (options.backend === "wasm") {
+    return {
+      limits: wasmLimits(shape),
+      create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
+    };
+  }
+  const vocabSize = shape.vocabSize;
   const gpu = options.gpu ?? await Gpu.open();
   return {
     limits: {
@@ -161,6 +171,7 @@ export class Engine {
         EngineOptions,
         | "gpu"
         | "backend"
+        | "threads"
         | "kernels"
         | "servedModelName"
         | "kvCacheMemory"
@@ -203,7 +214,7 @@ export class Engine {
     const config = await loadModelConfig(dir);
     const generation = await loadGenerationConfig(dir);
     const tokenizer = await ModelTokenizer.load(dir);
-    const backend = await openBackend(options, config.vocabSize);
+    const backend = await openBackend(options, config);
     const limits = backend.limits;
     const blockSize = options.blockSize ?? 16;
     const maxNumBatchedTokens = options.maxNumBatchedTokens ?? 512;
