@@ -249,6 +249,11 @@ export class ReferenceModel {
     return this.#normed(this.newCache(), ids, 0).at(-1)!;
   }
 
+  /** The final hidden states of every position of a prompt, [T][hidden]: what mean pooling averages. */
+  hiddenStates(ids: readonly number[]): Float64Array[] {
+    return this.#normed(this.newCache(), ids, 0);
+  }
+
   /** The decoder layers and the final RMSNorm over `ids` at startPos.., [ids.length][hidden]. */
   #normed(cache: RefCache, ids: readonly number[], startPos: number): Float64Array[] {
     const c = this.config;
