@@ -40,7 +40,8 @@ export interface ApiBackendOptions {
  * @example
  * ```ts
  * import { ApiBackend } from "./backend.ts";
- * declare const engine: import("./common.ts").EngineLike;
+ * import { Engine } from "../engine/engine.ts";
+ * await using engine = await Engine.load("models/ernie-tiny");
  * const backend = new ApiBackend(engine);
  * const body = await backend.run("/v1/chat/completions", {
  *   messages: [{ role: "user", content: "hi" }],

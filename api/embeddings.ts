@@ -62,7 +62,8 @@ export function validateEmbedding(body: unknown, engine: EngineLike): EmbeddingR
  * @example
  * ```ts
  * import { runEmbedding } from "./embeddings.ts";
- * declare const engine: import("./common.ts").EngineLike;
+ * import { Engine } from "../engine/engine.ts";
+ * await using engine = await Engine.load("models/ernie-tiny");
  * const body = await runEmbedding(engine, { input: ["a", "b"] }, { requestId: "e1" });
  * body.data.length; // 2
  * ```

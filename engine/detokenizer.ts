@@ -26,7 +26,8 @@ const PROMPT_CONTEXT = 5;
  * @example
  * ```ts
  * import { IncrementalDetokenizer } from "./detokenizer.ts";
- * declare const tokenizer: import("./detokenizer.ts").TokenDecoder;
+ * import { ModelTokenizer } from "./loader/tokenizer.ts";
+ * const tokenizer = await ModelTokenizer.load("models/ernie-tiny");
  * const detok = new IncrementalDetokenizer(tokenizer, { promptIds: [1, 2, 3] });
  * let text = "";
  * for (const id of [10, 11, 12]) text += detok.push(id);
@@ -182,7 +183,8 @@ export class StopStringMatcher {
  * @example
  * ```ts
  * import { OutputText } from "./detokenizer.ts";
- * declare const tokenizer: import("./detokenizer.ts").TokenDecoder;
+ * import { ModelTokenizer } from "./loader/tokenizer.ts";
+ * const tokenizer = await ModelTokenizer.load("models/ernie-tiny");
  * const out = new OutputText(tokenizer, { stop: ["\n\n"], promptIds: [1] });
  * if (out.push(42)) { // stop string seen: finish with "stop"
  * }

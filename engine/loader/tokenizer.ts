@@ -177,7 +177,7 @@ export class ModelTokenizer {
    * @example
    * ```ts
    * import { ModelTokenizer } from "./tokenizer.ts";
-   * declare const tokenizerJson: Record<string, unknown>;
+   * const tokenizerJson = JSON.parse(await Deno.readTextFile("models/ernie-tiny/tokenizer.json"));
    * const tok = ModelTokenizer.fromObjects(tokenizerJson, { chat_template: "{{ messages[0].content }}" });
    * ```
    */
