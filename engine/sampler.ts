@@ -13,8 +13,9 @@
  * (`logprobs_mode="raw_logprobs"`) and makes a token's logprob independent of
  * the sampling options of the request.
  *
- * Top-k and top-p never sort the whole vocabulary: the best candidates are
- * kept in a bounded heap, and top-p doubles that bound until the nucleus fits.
+ * Top-k and top-p never sort more than they keep: top-k keeps its candidates
+ * in a bounded heap; top-p without top-k finds its nucleus with one partial
+ * selection by probability mass (expected O(vocab)) and sorts only that.
  *
  * @module
  */
@@ -44,8 +45,14 @@ export interface SampleResult {
 
 /** Temperatures below this are treated as greedy (as vLLM does). */
 const GREEDY_EPSILON = 1e-5;
-/** First bound on the number of candidates top-p looks at. */
-const TOP_P_FIRST_BOUND = 64;
+/**
+ * The nucleus selection gathers this much more mass than top-p asks for (a
+ * fraction of the total), so that summing it again in sorted order, with
+ * different rounding, still reaches top-p inside the selection.
+ */
+const NUCLEUS_MARGIN = 1e-9;
+/** Token ids are packed below this in a sort key (exact in a float64: 32 + 21 bits). */
+const ID_RANGE = 2 ** 21;
 
 /**
  * Samples one token.
@@ -224,36 +231,29 @@ function drawRandom(work: Float32Array, p: SamplingParams, u: number): number {
 
   // Candidates best first; the top-k set (or the whole vocabulary) is the
   // distribution top-p's cumulative sums are taken over.
-  const k = useTopK ? p.topK : vocab;
   let kTotal = 0;
   let candidates: number[];
   if (useTopK) {
-    candidates = topIndices(work, k);
+    candidates = topIndices(work, p.topK);
     for (const i of candidates) kTotal += Math.exp((work[i] as number) - max);
   } else {
-    for (let i = 0; i < vocab; i++) kTotal += Math.exp((work[i] as number) - max);
-    candidates = [];
+    const weights = new Float64Array(vocab);
+    for (let i = 0; i < vocab; i++) {
+      weights[i] = Math.exp((work[i] as number) - max);
+      kTotal += weights[i]!;
+    }
+    candidates = nucleusCandidates(work, weights, p.topP * kTotal, kTotal);
   }
   if (useTopP) {
-    let bound = Math.min(k, TOP_P_FIRST_BOUND);
-    for (;;) {
-      if (!useTopK) candidates = topIndices(work, bound);
-      const limit = Math.min(bound, candidates.length);
-      let cumulative = 0;
-      let cut = -1;
-      for (let j = 0; j < limit; j++) {
-        cumulative += Math.exp((work[candidates[j] as number] as number) - max);
-        if (cumulative >= p.topP * kTotal) {
-          cut = j + 1;
-          break;
-        }
-      }
-      if (cut > 0) {
-        candidates = candidates.slice(0, cut);
+    // The smallest best-first prefix whose mass reaches top-p (all of it when
+    // rounding keeps the sum just short).
+    let cumulative = 0;
+    for (let j = 0; j < candidates.length; j++) {
+      cumulative += Math.exp((work[candidates[j] as number] as number) - max);
+      if (cumulative >= p.topP * kTotal) {
+        candidates = candidates.slice(0, j + 1);
         break;
       }
-      if (bound >= k) break; // rounding: keep all k
-      bound = Math.min(k, bound * 2);
     }
   }
   let total = 0;
@@ -268,4 +268,91 @@ function drawRandom(work: Float32Array, p: SamplingParams, u: number): number {
     if (target < 0) return i;
   }
   return last;
+}
+
+/**
+ * The best tokens, best first (larger logit, then lower id), holding at least
+ * `target` of the `total` probability mass (`weights`), plus a margin of
+ * {@linkcode NUCLEUS_MARGIN}: a superset of top-p's nucleus that the caller
+ * cuts by summing in this order. One quickselect by mass over the tokens that
+ * can be in it, then one sort of what it kept.
+ */
+function nucleusCandidates(
+  work: Float32Array,
+  weights: Float64Array,
+  target: number,
+  total: number,
+): number[] {
+  const n = work.length;
+  if (n >= ID_RANGE) throw new RangeError(`vocabulary of ${n} ids is too large for top-p`);
+  const goal = target + NUCLEUS_MARGIN * total;
+  // Tokens lighter than (total − goal) / n are a tail of the order holding at
+  // most total − goal: the nucleus never reaches them.
+  const floor = goal < total ? (total - goal) / n : 0;
+  // keys: unique and ascending from best to worst: the float's bits mapped to
+  // descending order (−0 as +0), times ID_RANGE, plus the id (ties: lower id first).
+  const bits = new Uint32Array(work.buffer, work.byteOffset, n);
+  let keys = new Float64Array(n);
+  let mass = new Float64Array(n);
+  let m = 0;
+  for (let i = 0; i < n; i++) {
+    if (weights[i]! < floor) continue;
+    const b = bits[i] === 0x80000000 ? 0 : bits[i]!;
+    const ascending = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+    keys[m] = (0xffffffff - ascending) * ID_RANGE + i;
+    mass[m++] = weights[i]!;
+  }
+  keys = keys.subarray(0, m);
+  mass = mass.subarray(0, m);
+  // Invariant: keys[0, lo) are all kept (their mass is `kept` < goal) and the
+  // answer ends in (lo, hi].
+  let lo = 0;
+  let hi = m;
+  let kept = 0;
+  const swap = (a: number, b: number) => {
+    const k = keys[a]!;
+    keys[a] = keys[b]!;
+    keys[b] = k;
+    const w = mass[a]!;
+    mass[a] = mass[b]!;
+    mass[b] = w;
+  };
+  if (goal < total) {
+    while (lo < hi) {
+      const pivot = median(keys[lo]!, keys[(lo + hi) >> 1]!, keys[hi - 1]!);
+      let i = lo;
+      let better = 0;
+      for (let j = lo; j < hi; j++) {
+        if (keys[j]! < pivot) {
+          swap(i, j);
+          better += mass[i]!;
+          i++;
+        }
+      }
+      for (let j = i; j < hi; j++) {
+        if (keys[j] === pivot) {
+          swap(i, j);
+          break;
+        }
+      }
+      if (kept + better >= goal) {
+        hi = i;
+        continue;
+      }
+      kept += better + mass[i]!;
+      if (kept >= goal) {
+        hi = i + 1;
+        break;
+      }
+      lo = i + 1;
+    }
+  }
+  const chosen = keys.subarray(0, hi).sort();
+  const out = new Array<number>(hi);
+  for (let j = 0; j < hi; j++) out[j] = chosen[j]! % ID_RANGE;
+  return out;
+}
+
+function median(a: number, b: number, c: number): number {
+  return a < b ? (b < c ? b : a < c ? c : a) : (a < c ? a : b < c ? c : b);
 }

@@ -171,3 +171,54 @@ Deno.test("topIndices selects the k largest without sorting everything", () => {
   assertEquals(topIndices(values, 20), expected.slice(0, 20));
   assertEquals(topIndices(new Float32Array([1, 1, 1]), 2), [0, 1]);
 });
+
+/** Top-p by a full sort (value descending, then id), then the sampler's draw over the nucleus. */
+function fullSortTopP(logits: Float32Array, order: number[], topP: number, u: number): number {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v);
+  const w = (i: number) => Math.exp(logits[i]! - max);
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += w(i);
+  let cumulative = 0;
+  let cut = order.length;
+  for (let j = 0; j < order.length; j++) {
+    cumulative += w(order[j]!);
+    if (cumulative >= topP * total) {
+      cut = j + 1;
+      break;
+    }
+  }
+  const nucleus = order.slice(0, cut);
+  let kept = 0;
+  for (const i of nucleus) kept += w(i);
+  let target = u * kept;
+  for (const i of nucleus) {
+    target -= w(i);
+    if (target < 0) return i;
+  }
+  return nucleus.at(-1)!;
+}
+
+Deno.test("top-p draws exactly what a full sort of the vocabulary gives, flat to peaked", () => {
+  const V = 5000;
+  let state = 12345;
+  const next = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  const shapes: [string, Float32Array][] = [
+    ["flat", new Float32Array(V)],
+    ["near-flat", new Float32Array(V).map(() => next() * 1e-3)],
+    ["two levels", new Float32Array(V).map(() => (next() < 0.5 ? 1 : 0))],
+    ["peaked", new Float32Array(V).map(() => (next() < 0.01 ? 12 : 0) + next())],
+    ["zipf", new Float32Array(V).map((_, i) => -Math.log(1 + ((i * 7919) % V)))],
+  ];
+  for (const [name, logits] of shapes) {
+    const order = [...logits.keys()].sort((a, b) => logits[b]! - logits[a]! || a - b);
+    for (const topP of [0.05, 0.5, 0.9, 0.999]) {
+      for (let step = 0; step < 25; step++) {
+        const rngKey = { seed: 5, step };
+        const got = sample(logits, ctx({ topP }, { rngKey })).tokenId;
+        const want = fullSortTopP(logits, order, topP, uniform(rngKey));
+        assertEquals(got, want, `${name}, top_p ${topP}, step ${step}`);
+      }
+    }
+  }
+});
