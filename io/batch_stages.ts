@@ -29,6 +29,7 @@ import type { OutputSink } from "./writer.ts";
  *
  * @example
  * ```ts
+ * import { RequestError } from "../engine/types.ts";
  * const echo: BatchBackend = {
  *   urls: ["/v1/completions"],
  *   validate(_url, body) {
@@ -62,6 +63,11 @@ export type Admission =
  *
  * @example
  * ```ts
+ * const backend: BatchBackend = {
+ *   urls: ["/v1/x"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
  * const seen = new Set<string>();
  * const a = admitLine({ lineNo: 1, text: '{"custom_id":"a","method":"POST","url":"/v1/x","body":{}}' },
  *   { backend, answered: new Set(), seen });
@@ -125,6 +131,12 @@ export type Outcome =
  *
  * @example
  * ```ts
+ * const backend: BatchBackend = {
+ *   urls: ["/v1/x"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
+ * const request = { lineNo: 1, customId: "a", method: "POST" as const, url: "/v1/x", body: {} };
  * const outcome = await executeRequest(backend, request, new AbortController(), 30_000);
  * if (outcome.kind === "aborted") console.log(outcome.reason); // "timeout"
  * ```
@@ -188,6 +200,7 @@ export function failureAnswer(customId: string, code: BatchFailureCode, why: str
  *
  * @example
  * ```ts
+ * const request = { lineNo: 1, customId: "a", method: "POST" as const, url: "/v1/x", body: {} };
  * answerFor(request, { kind: "aborted", reason: "timeout" }, 5000).line;
  * // {"id":"batch_req_…","custom_id":"a","response":null,"error":{"code":"request_timeout",…}}
  * ```
@@ -274,7 +287,7 @@ export class Slots {
  * each answer's slot once its line reached the file.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const emitter = new Emitter({ sink, errSink: null, slots, order: "input", onWriteError: console.error });
  * emitter.emit(1, line1, true); // held: seq 0 is not written yet
  * emitter.emit(0, line0, true); // writes line0, then line1

@@ -42,7 +42,7 @@ export interface BatchSummary {
  * One line a person reads at the end of a run.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * formatSummary(summary);
  * // "completed: 998/1000 succeeded, 2 failed, 0 cancelled; 51234 completion tokens in 12.3s → out.jsonl"
  * ```
@@ -64,7 +64,7 @@ export function formatSummary(s: BatchSummary): string {
  * The summary as OpenAI's batch object (`object: "batch"`), for `--summary-file`.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const json = batchObject(summary, "/v1/chat/completions", "in.jsonl");
  * json.request_counts; // { total: 1000, completed: 998, failed: 2 }
  * ```

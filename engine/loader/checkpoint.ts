@@ -65,7 +65,7 @@ const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
  * a square one (e.g. `o_proj` when heads·headDim = hidden) cannot tell.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const layout = detectLayout((k) => ckpt.has(k) ? ckpt.info(k) : undefined, config, "dir");
  * ```
  */
@@ -204,9 +204,10 @@ function transpose<T extends Uint16Array | Float32Array>(
  *
  * @example
  * ```ts
+ * import { loadModelConfig } from "./config.ts";
  * const config = await loadModelConfig("models/ernie-tiny");
  * const ckpt = await Checkpoint.open("models/ernie-tiny", config);
- * for await (const t of ckpt.tensors()) upload(t.name, t.data);
+ * for await (const t of ckpt.tensors()) console.log(t.name, t.shape);
  * ckpt.close();
  * ```
  */

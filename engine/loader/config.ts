@@ -126,7 +126,7 @@ function asObject(json: unknown, file: string): Json {
  * Validates a parsed `config.json` object. `file` is only used in errors.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const cfg = parseModelConfig(JSON.parse(text), "models/ernie-tiny/config.json");
  * cfg.headDim; // 32
  * ```

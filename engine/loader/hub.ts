@@ -99,7 +99,8 @@ export function parseModelRef(text: string): ModelRef | null {
  * snapshot directory to load.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // Needs the network (or an HF_ENDPOINT mirror).
  * const dir = await downloadModel("baidu/ERNIE-4.5-0.3B-PT", {
  *   cacheDir: "/home/me/.cache/huggingface/hub",
  *   onProgress: ({ file, received, total }) => console.error(file, received, total),

@@ -296,7 +296,7 @@ function u16View(bytes: Uint8Array): Uint16Array {
  * Raw bf16 bits of a BF16 or U16 tensor (a view when aligned).
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const bits = bf16Bits(await ckpt.read("model.embed_tokens.weight")); // Uint16Array
  * ```
  */
@@ -310,7 +310,7 @@ export function bf16Bits(t: RawTensor): Uint16Array {
  * infinities), f32 copied. All conversions are lossless.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const w = toFloat32(await ckpt.read("model.norm.weight")); // Float32Array [64]
  * ```
  */
