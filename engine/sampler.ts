@@ -38,10 +38,14 @@ export interface SampleContext {
 
 /** The chosen token and, when asked for, its raw logprob and the top alternatives. */
 export interface SampleResult {
+  /** {@linkcode NO_TOKEN} when every logit is NaN or -Infinity. */
   readonly tokenId: number;
   readonly logprob?: number;
   readonly top?: readonly TokenLogprob[];
 }
+
+/** The token id of a row where no token can be sampled: every logit NaN or -Infinity. */
+export const NO_TOKEN = -1;
 
 /** Temperatures below this are treated as greedy (as vLLM does). */
 const GREEDY_EPSILON = 1e-5;
@@ -75,6 +79,7 @@ export function sample(logits: Float32Array, ctx: SampleContext): SampleResult {
   const raw = logits.subarray(0, vocab);
   const p = ctx.params;
   const work = processLogits(raw, ctx);
+  if (work[argmax(work)]! === -Infinity) return { tokenId: NO_TOKEN };
 
   let tokenId: number;
   if (p.temperature < GREEDY_EPSILON) {
@@ -94,11 +99,12 @@ export function sample(logits: Float32Array, ctx: SampleContext): SampleResult {
   return { tokenId, logprob: (raw[tokenId] as number) - lse, top };
 }
 
-/** Bias, min_tokens and penalties applied to a copy of the valid logits. */
+/** Bias, min_tokens and penalties applied to a copy of the valid logits; NaN becomes -Infinity. */
 function processLogits(raw: Float32Array, ctx: SampleContext): Float32Array {
   const p = ctx.params;
   const vocab = raw.length;
   const work = new Float32Array(raw);
+  for (let i = 0; i < vocab; i++) if (Number.isNaN(work[i])) work[i] = -Infinity;
   for (const [id, bias] of p.logitBias) {
     if (id >= 0 && id < vocab) work[id] = (work[id] as number) + bias;
   }

@@ -13,6 +13,9 @@ import {
   type SamplingParams,
 } from "../engine/types.ts";
 import type { Gpu } from "../engine/gpu/device.ts";
+import { join } from "node:path";
+import { SafetensorsCheckpoint, writeSafetensors } from "../engine/loader/safetensors.ts";
+import { makeModelDir } from "../tools/make_fixture.ts";
 
 const MODEL = "models/ernie-tiny";
 const KIB = 1024;
@@ -161,3 +164,65 @@ gpuTest("no stop string ends a request before min_tokens (vLLM)", async (gpu) =>
   assertEquals(held.tokenIds, full.tokenIds.slice(0, held.tokenIds.length));
   await engine.close();
 });
+
+/**
+ * A tiny model (untied lm_head) whose embedding row `poisoned` is NaN: every
+ * logit of a sequence that contains that id is NaN, the others are untouched.
+ */
+async function nanModel(poisoned: number): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "nan_model_" });
+  await makeModelDir(dir, { tie_word_embeddings: false }, { seed: 31 });
+  const st = await SafetensorsCheckpoint.open(dir);
+  const tensors = [];
+  for (const name of st.names()) {
+    const t = await st.read(name);
+    if (name === "model.embed_tokens.weight") {
+      const bits = new Uint16Array(t.bytes.slice().buffer);
+      const hidden = t.shape[1]!;
+      bits.fill(0x7fc0, poisoned * hidden, (poisoned + 1) * hidden); // bf16 NaN
+      tensors.push({ ...t, name, bytes: new Uint8Array(bits.buffer) });
+    } else tensors.push({ ...t, name });
+  }
+  st.close();
+  await writeSafetensors(join(dir, "model.safetensors"), tensors);
+  return dir;
+}
+
+gpuTest(
+  "a request whose logits are all NaN gets a 500 naming the step; the others go on",
+  async (gpu) => {
+    const X = 777;
+    const dir = await nanModel(X);
+    const engine = await Engine.load(dir, { gpu, blockSize: 4, kvCacheMemory: 1 << 20 });
+    const base = { ...DEFAULT_SAMPLING, maxTokens: 6, ignoreEos: true, seed: 3 };
+    const greedy = { ...base, temperature: 0 }; // GPU argmax: 0xFFFFFFFF on a NaN row
+    const sampled = { ...base, temperature: 1 }; // CPU sampler over the logits
+    const healthy = [300, 301, 302, 303, 304];
+    const poisoned = [300, 301, X];
+    const settled = await Promise.allSettled([
+      engine.generate({ id: "ok-greedy", promptIds: healthy, sampling: greedy }),
+      engine.generate({ id: "nan-greedy", promptIds: poisoned, sampling: greedy }),
+      engine.generate({ id: "nan-sampled", promptIds: [...poisoned, 5], sampling: sampled }),
+      engine.generate({ id: "ok-sampled", promptIds: healthy, sampling: sampled }),
+    ]);
+    for (const i of [1, 2]) {
+      const r = settled[i]!;
+      assert(r.status === "rejected", `request ${i} should fail`);
+      const e = r.reason;
+      assert(e instanceof RequestError, String(e));
+      assertEquals([e.status, e.code], [500, "internal_error"]);
+      assert(/engine step \d+, output token 1: .*NaN/.test(e.message), e.message);
+    }
+    const ok = [settled[0]!, settled[3]!].map((r) => {
+      assert(r.status === "fulfilled", String((r as PromiseRejectedResult).reason));
+      return r.value;
+    });
+    for (const r of ok) assertEquals(r.tokenIds.length, 6);
+    assert(ok.every((r) => r.tokenIds.every((id) => id >= 0 && id < engine.validVocab)));
+    // The failed requests' blocks were freed and reused without leaking NaN.
+    const again = await engine.generate({ id: "again", promptIds: healthy, sampling: greedy });
+    assertEquals(again.tokenIds, ok[0]!.tokenIds);
+    await engine.close();
+    await Deno.remove(dir, { recursive: true });
+  },
+);

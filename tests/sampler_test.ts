@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { argmax, sample, type SampleContext, topIndices } from "../engine/sampler.ts";
+import { argmax, NO_TOKEN, sample, type SampleContext, topIndices } from "../engine/sampler.ts";
 import { deriveSeed, uniform } from "../engine/rng.ts";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../engine/types.ts";
 
@@ -221,4 +221,18 @@ Deno.test("top-p draws exactly what a full sort of the vocabulary gives, flat to
       }
     }
   }
+});
+
+Deno.test("a row of NaN or -Infinity logits samples no token; a NaN logit is never drawn", () => {
+  const dead = new Float32Array([NaN, -Infinity, NaN, NaN]);
+  for (const params of [{ temperature: 0 }, { temperature: 1 }, { temperature: 1, topP: 0.5 }]) {
+    assertEquals(sample(dead, ctx(params)).tokenId, NO_TOKEN);
+    assertEquals(sample(dead, ctx({ ...params, logprobs: true })).tokenId, NO_TOKEN);
+  }
+  const some = new Float32Array([NaN, 1, NaN, 0, NaN]);
+  for (const topP of [1, 0.9]) {
+    const counts = histogram(some, { temperature: 1, topP }, 400);
+    assertEquals(counts(0) + counts(2) + counts(4), 0, `top_p ${topP}`);
+  }
+  assertEquals(sample(some, ctx({ temperature: 0 })).tokenId, 1);
 });
