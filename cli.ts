@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions, type LoadProgress } from "./engine/engine.ts";
+import { formatProfile } from "./engine/gpu/profile.ts";
 import { ApiBackend } from "./api/backend.ts";
 import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
 import { downloadModel, formatProgress, parseModelRef } from "./engine/loader/hub.ts";
@@ -226,6 +227,13 @@ const FLAGS: readonly Flag[] = [
     help:
       "WebGPU kernel class: cpu (software adapters like llvmpipe), gpu (real GPUs), auto picks by adapter",
   },
+  {
+    name: "profile",
+    type: "boolean",
+    default: "false",
+    help:
+      "time every GPU kernel (timestamp queries) and print per-kernel ms, GFLOP/s, GB/s and share of a known card's peak at the end; steps run slower",
+  },
   { name: "help", short: "h", group: "operations", type: "boolean", help: "print this help" },
   { name: "version", group: "operations", type: "boolean", help: "print the version and exit" },
 ];
@@ -360,6 +368,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
       enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
       pooling,
       kernels,
+      profile: values.profile === true,
     },
     batch: {
       input: str("input-file")!,
@@ -518,6 +527,8 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     const summary = await runBatch({ ...cmd.batch, backend, signal: cancel.signal });
     console.error(formatSummary(summary));
+    const profile = engine?.kernelProfile();
+    if (profile) console.error(formatProfile(profile));
     if (summary.status === "cancelled") return 130;
     if (summary.status === "validated") return summary.failed > 0 ? 1 : 0;
     return summary.status === "completed" ? 0 : 1;

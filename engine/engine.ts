@@ -17,6 +17,7 @@ import {
 import { Checkpoint } from "./loader/checkpoint.ts";
 import { ModelTokenizer } from "./loader/tokenizer.ts";
 import { ModelRunner } from "./model_runner.ts";
+import type { KernelProfile } from "./gpu/profile.ts";
 import { wasmLimits, WasmRunner } from "./backends/wasm/wasm_runner.ts";
 import type { BackendLimits, Runner, RunnerOptions, StepSeq } from "./runner.ts";
 import type { ModelShape, WeightSource } from "./model.ts";
@@ -70,6 +71,11 @@ export interface EngineOptions {
    * adapter, `gpu` otherwise).
    */
   readonly kernels?: "auto" | "cpu" | "gpu";
+  /**
+   * Time every kernel of every step on the GPU (timestamp queries; one compute pass per
+   * kernel, so steps run slower): read it with {@linkcode Engine.kernelProfile}.
+   */
+  readonly profile?: boolean;
   /** Called as the weights load (the engine prints nothing itself). */
   readonly onProgress?: (progress: LoadProgress) => void;
   /** Called after every engine step (for metrics). */
@@ -115,7 +121,10 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
       maxLogitRows: Math.floor(gpu.maxBinding / (vocabSize * 4)),
     },
     create: (shape, source, o) =>
-      ModelRunner.create(gpu, shape, source, o, { kernels: options.kernels }),
+      ModelRunner.create(gpu, shape, source, o, {
+        kernels: options.kernels,
+        profile: options.profile,
+      }),
   };
 }
 
@@ -173,6 +182,7 @@ export class Engine {
         | "backend"
         | "threads"
         | "kernels"
+        | "profile"
         | "servedModelName"
         | "kvCacheMemory"
         | "maxModelLen"
@@ -273,6 +283,21 @@ export class Engine {
       pooling: options.pooling ?? "last",
       normalizeEmbeddings: options.normalizeEmbeddings ?? true,
     }, options.onStep);
+  }
+
+  /**
+   * Per-kernel GPU time, GFLOP/s and GB/s over the steps so far when loaded with
+   * `profile: true` (else undefined); print it with `formatProfile` (engine/gpu/profile.ts).
+   *
+   * @example
+   * ```ts
+   * const engine = await Engine.load("models/ernie-tiny", { profile: true });
+   * // ... generate ...
+   * console.error(formatProfile(engine.kernelProfile()!));
+   * ```
+   */
+  kernelProfile(): KernelProfile | undefined {
+    return this.runner.kernelProfile?.();
   }
 
   /** Ids whose logits are real tokens (the rest of the embedding is padding). */
@@ -438,22 +463,6 @@ export class Engine {
         const id = result.logits
           ? this.#sample(seq, result.logits.subarray(row * V, (row + 1) * V))
           : result.ids![row]!;
-        if (!(id >= 0 && id < this.validVocab)) {
-          // NO_TOKEN from the sampler, 0xFFFFFFFF from the GPU argmax.
-          this.#fail(
-            seq,
-            new RequestError(
-              `engine step ${this.stats.steps}, output token ${seq.numOutputTokens + 1}: ` +
-                "the model's logits for this request are all NaN or -Infinity, so no token " +
-                `can be sampled (got id ${id})`,
-              500,
-              null,
-              "internal_error",
-              "server_error",
-            ),
-          );
-          continue;
-        }
         this.#accept(seq, id);
       } else {
         const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
@@ -525,12 +534,6 @@ export class Engine {
         logprobs: seq.request.sampling.logprobs ? st.logprobs : undefined,
       } satisfies GenerateResult,
     );
-  }
-
-  /** Ends one sequence with an error and frees its blocks; the others go on. */
-  #fail(seq: Sequence<SeqState>, error: Error): void {
-    this.#scheduler.finish(seq);
-    seq.state!.reject(error);
   }
 
   #finishEmbed(seq: Sequence<SeqState>): void {

@@ -7,6 +7,7 @@
  * @module
  */
 import type { Gpu } from "./gpu/device.ts";
+import { type KernelProfile, KernelProfiler } from "./gpu/profile.ts";
 import { encode, STEP_UNIFORM_BYTES } from "./gpu/kernels.ts";
 import { chooseKernelClass, type KernelChoice, type KernelClass } from "./gpu/registry.ts";
 import {
@@ -27,11 +28,14 @@ export type { RunnerOptions, StepResult, StepSeq };
 export interface WebGpuRunnerOptions {
   /** Kernel class: `auto` (default) picks `cpu` on software adapters, `gpu` elsewhere. */
   readonly kernels?: KernelChoice;
+  /** Time every kernel of every step (engine/gpu/profile.ts); steps run one pass per kernel. */
+  readonly profile?: boolean;
 }
 
 /** The model on the GPU with its step buffers and KV pool. */
 export class ModelRunner implements Runner {
   readonly #staging: GPUBuffer;
+  #profiler?: KernelProfiler;
   readonly description: string;
   readonly weightBytes: number;
 
@@ -126,7 +130,7 @@ export class ModelRunner implements Runner {
       validVocab: o.validVocab,
       kernels,
     });
-    return new ModelRunner(
+    const runner = new ModelRunner(
       gpu,
       shape,
       o,
@@ -138,6 +142,11 @@ export class ModelRunner implements Runner {
       2 * slotBytes * shape.numLayers,
       kernels,
     );
+    if (webgpu.profile) {
+      const passes = plan.body.length + plan.logits.length + plan.argmax.length;
+      runner.#profiler = new KernelProfiler(gpu, passes);
+    }
+    return runner;
   }
 
   /**
@@ -196,11 +205,17 @@ export class ModelRunner implements Runner {
 
     const shape = { numTokens: T, numRows: R, numLogitRows: L };
     const encoder = gpu.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    encode(pass, this.plan.body, shape);
-    encode(pass, this.plan.logits, shape);
-    if (!wantLogits) encode(pass, this.plan.argmax, shape);
-    pass.end();
+    const p = this.plan;
+    const dispatches = [...p.body, ...p.logits, ...(wantLogits ? [] : p.argmax)];
+    if (this.#profiler) {
+      const attendedKeys = seqs.reduce((n, s) => n + s.tokens.length * (s.start + 1), 0) +
+        seqs.reduce((n, s) => n + (s.tokens.length * (s.tokens.length - 1)) / 2, 0);
+      await this.#profiler.record(encoder, dispatches, { ...shape, attendedKeys });
+    } else {
+      const pass = encoder.beginComputePass();
+      encode(pass, dispatches, shape);
+      pass.end();
+    }
     const { vocabSize: V, hiddenSize: H } = this.shape;
     const sampleBytes = L * (wantLogits ? V : 1) * 4;
     const hiddenBytes = (R - L) * H * 4;
@@ -217,6 +232,7 @@ export class ModelRunner implements Runner {
       encoder.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
     }
     gpu.device.queue.submit([encoder.finish()]);
+    await this.#profiler?.collect();
     const bytes = sampleBytes + hiddenBytes;
     if (bytes === 0) {
       await gpu.device.queue.onSubmittedWorkDone();
@@ -232,8 +248,19 @@ export class ModelRunner implements Runner {
     };
   }
 
+  /** Per-kernel GPU time so far, when the runner was created with `profile`. */
+  kernelProfile(): KernelProfile | undefined {
+    return this.#profiler?.report();
+  }
+
+  /** Forgets the profile so far (for example after warm-up). */
+  resetProfile(): void {
+    this.#profiler?.reset();
+  }
+
   /** Frees the GPU buffers (weights, KV pool, step buffers). */
   destroy(): void {
+    this.#profiler?.destroy();
     const w = this.weights;
     const shards = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])];
     for (const s of shards) for (const x of s.shards) x.buffer.destroy();

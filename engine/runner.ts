@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { KernelProfile } from "./gpu/profile.ts";
 
 /** Capacities fixed when a runner is created; nothing is allocated per step. */
 export interface RunnerOptions {
@@ -72,6 +73,8 @@ export interface Runner {
    * ids, or their full logits when `wantLogits` (for the CPU sampler).
    */
   step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult>;
+  /** Per-kernel time so far, when the backend was asked to profile (engine/gpu/profile.ts). */
+  kernelProfile?(): KernelProfile | undefined;
   /** Releases the weights, the KV pool and the step buffers. */
   destroy(): void;
 }

@@ -41,6 +41,11 @@ export class Gpu {
     return this.device.features.has("shader-f16");
   }
 
+  /** Whether compute passes can write GPU timestamps (`timestamp-query`, for --profile). */
+  get hasTimestamps(): boolean {
+    return this.device.features.has("timestamp-query");
+  }
+
   /** The largest buffer a single storage binding may cover. */
   get maxBinding(): number {
     return this.device.limits.maxStorageBufferBindingSize;
@@ -63,8 +68,11 @@ export class Gpu {
       );
     }
     const l = adapter.limits;
-    // f16 in shaders where the adapter has it (GEMM arithmetic, f16 KV cache kernels).
-    const features = (["shader-f16"] as const).filter((f) => adapter.features.has(f));
+    // f16 in shaders where the adapter has it (GEMM arithmetic, f16 KV cache kernels);
+    // timestamp queries for --profile.
+    const features = (["shader-f16", "timestamp-query"] as const).filter((f) =>
+      adapter.features.has(f)
+    );
     const device = await adapter.requestDevice({
       requiredFeatures: features,
       requiredLimits: {

@@ -9,6 +9,7 @@
  */
 import type { Gpu } from "./device.ts";
 import { type KernelClass, kernelTable, type Op } from "./registry.ts";
+import type { KernelCost } from "./profile.ts";
 
 export type { KernelClass } from "./registry.ts";
 
@@ -31,6 +32,8 @@ export interface StepShape {
   readonly numRows: number;
   /** The first rows that also get logits (L ≤ R). */
   readonly numLogitRows: number;
+  /** Σ over the step's tokens of the keys each attends to (set when profiling; for costs). */
+  readonly attendedKeys?: number;
 }
 
 /** One recorded kernel launch, reusable across steps. */
@@ -39,6 +42,8 @@ export interface Dispatch {
   readonly pipeline: GPUComputePipeline;
   readonly bindGroup: GPUBindGroup;
   workgroups(shape: StepShape): [number, number, number];
+  /** What one launch at this shape computes and moves at least (for --profile). */
+  cost?(shape: StepShape): KernelCost;
 }
 
 /** A weight matrix [rows, cols] split by rows into buffers no larger than one binding. */
@@ -79,6 +84,11 @@ export function embedding(
       pipeline,
       bindGroup: gpu.bindGroup(pipeline, [step, ids, shard.buffer, out]),
       workgroups: (s) => [ceil(table.cols, 64), s.numTokens, 1],
+      // Each token's row is read by one of the shards: count the rows evenly across them.
+      cost: (s) => ({
+        flops: 0,
+        bytes: (s.numTokens * table.cols * ((table.bf16 ? 2 : 4) + 4)) / table.shards.length,
+      }),
     };
   });
 }
@@ -102,6 +112,10 @@ export function rmsNorm(
     pipeline,
     bindGroup: gpu.bindGroup(pipeline, [step, x, weight, o.rows ?? x, out]),
     workgroups: (s) => [o.rows ? s.numRows : s.numTokens, 1, 1],
+    cost: (s) => {
+      const rows = o.rows ? s.numRows : s.numTokens;
+      return { flops: 4 * rows * o.hidden, bytes: (8 * rows + 4) * o.hidden };
+    },
   };
 }
 
@@ -151,6 +165,11 @@ export function matmul(
           if (!runs(m)) return [0, 0, 0];
           return [ceil(shard.rows, tile.n), ceil(m, tile.m), 1];
         },
+        cost: (s) => {
+          const [m, n, k] = [rowsOf(s), shard.rows, w.cols];
+          const yBytes = m * n * 4 * (o.accumulate ? 2 : 1);
+          return { flops: 2 * m * n * k, bytes: n * k * (w.bf16 ? 2 : 4) + m * k * 4 + yBytes };
+        },
       };
     };
     return [
@@ -199,6 +218,11 @@ export function rotaryKv(
       b.vCache,
     ]),
     workgroups: (s) => [s.numTokens, 1, 1],
+    cost: (s) => {
+      const [q, kv] = [o.heads * o.headDim, o.kvHeads * o.headDim];
+      const cache = 2 * kv * 4;
+      return { flops: 3 * s.numTokens * (q + kv), bytes: s.numTokens * (8 * (q + kv) + cache) };
+    },
   };
 }
 
@@ -247,6 +271,16 @@ export function attention(
       b.out,
     ]),
     workgroups: (s) => [s.numTokens, o.heads, 1],
+    // q·k and p·v per attended key and query head; each token's keys and values read
+    // once per KV head.
+    cost: (s) => {
+      const keys = s.attendedKeys ?? 0;
+      const kvBytes = keys * o.kvHeads * o.headDim * 2 * 4;
+      return {
+        flops: 4 * keys * o.heads * o.headDim,
+        bytes: kvBytes + s.numTokens * o.heads * o.headDim * 8,
+      };
+    },
   };
 }
 
@@ -265,6 +299,10 @@ export function siluMul(
     pipeline,
     bindGroup: gpu.bindGroup(pipeline, [step, gateUp, out]),
     workgroups: (s) => [ceil(intermediate, 64), s.numTokens, 1],
+    cost: (s) => ({
+      flops: 5 * s.numTokens * intermediate,
+      bytes: 12 * s.numTokens * intermediate,
+    }),
   };
 }
 
@@ -285,6 +323,7 @@ export function argmax(
     pipeline,
     bindGroup: gpu.bindGroup(pipeline, [step, logits, ids]),
     workgroups: (s) => [s.numLogitRows, 1, 1],
+    cost: (s) => ({ flops: s.numLogitRows * o.valid, bytes: 4 * s.numLogitRows * o.valid }),
   };
 }
 
