@@ -32,15 +32,18 @@ function spawn(input: string, output: string, extra: string[] = []): Deno.ChildP
   return spawnRunBatch(input, output, ["--max-num-seqs", "8", ...extra]);
 }
 
-async function waitForLines(path: string, n: number): Promise<void> {
-  for (let i = 0; i < 600; i++) {
+/** Waits, however long a loaded machine takes, until `path` has `n` lines or the child exits. */
+async function waitForLines(child: Deno.ChildProcess, path: string, n: number): Promise<void> {
+  let exited = false;
+  child.status.finally(() => (exited = true));
+  while (!exited) {
     try {
       const text = await Deno.readTextFile(path);
       if (text.split("\n").filter(Boolean).length >= n) return;
     } catch { /* not there yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`${path} never reached ${n} lines`);
+  throw new Error(`the run exited before ${path} reached ${n} lines`);
 }
 
 async function answers(path: string) {
@@ -61,7 +64,7 @@ async function interrupt(signal: Deno.Signal) {
   const input = await writeInput(dir);
   const output = join(dir, "out.jsonl");
   const child = spawn(input, output);
-  await waitForLines(`${output}.partial`, 10);
+  await waitForLines(child, `${output}.partial`, 10);
   child.kill(signal);
   const { code } = await child.status;
   return { dir, input, output, code };

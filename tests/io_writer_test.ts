@@ -204,7 +204,8 @@ Deno.test("upload retries a server that hangs past the timeout", async () => {
   });
   try {
     await withFile((p) => uploadFile(p, `${server.url}/o`, { ...FAST_RETRY, timeoutMs: 300 }));
-    assertEquals(server.requests.length, 2);
+    // The first attempt hangs and is retried; a loaded machine may need more than one retry.
+    assert(server.requests.length >= 2, `${server.requests.length} attempts`);
   } finally {
     await server.close();
   }
