@@ -463,6 +463,22 @@ export class Engine {
         const id = result.logits
           ? this.#sample(seq, result.logits.subarray(row * V, (row + 1) * V))
           : result.ids![row]!;
+        if (!(id >= 0 && id < this.validVocab)) {
+          // NO_TOKEN from the sampler, 0xFFFFFFFF from the GPU argmax.
+          this.#fail(
+            seq,
+            new RequestError(
+              `engine step ${this.stats.steps}, output token ${seq.numOutputTokens + 1}: ` +
+                "the model's logits for this request are all NaN or -Infinity, so no token " +
+                `can be sampled (got id ${id})`,
+              500,
+              null,
+              "internal_error",
+              "server_error",
+            ),
+          );
+          continue;
+        }
         this.#accept(seq, id);
       } else {
         const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
@@ -534,6 +550,12 @@ export class Engine {
         logprobs: seq.request.sampling.logprobs ? st.logprobs : undefined,
       } satisfies GenerateResult,
     );
+  }
+
+  /** Ends one sequence with an error and frees its blocks; the others go on. */
+  #fail(seq: Sequence<SeqState>, error: Error): void {
+    this.#scheduler.finish(seq);
+    seq.state!.reject(error);
   }
 
   #finishEmbed(seq: Sequence<SeqState>): void {
