@@ -192,3 +192,26 @@ Deno.test("disabled prefix caching never shares blocks", () => {
   assert.equal(b.numCachedTokens, 0);
   assert.equal(bm.hitRate, 0);
 });
+
+Deno.test("a block reached through a different prefix is not shared; each chain serves its own continuations", () => {
+  const bm = new BlockManager(16, 4, true);
+  const [x, y, middle] = [range(100, 104), range(200, 204), range(300, 304)];
+  const a = seqOf("a", [...x, ...middle, 1]);
+  bm.allocate(a);
+  computeAll(bm, a);
+  // b has a's second block after a different first one: nothing of a's may serve it.
+  const b = seqOf("b", [...y, ...middle, 2]);
+  bm.allocate(b);
+  assert.equal(b.numCachedTokens, 0);
+  assert.equal(b.blockTable.some((blk) => a.blockTable.includes(blk)), false);
+  computeAll(bm, b);
+  // c continues b's prefix: both of b's full blocks serve it, not a's middle block.
+  const c = seqOf("c", [...y, ...middle, 3]);
+  bm.allocate(c);
+  assert.equal(c.numCachedTokens, 8);
+  assert.deepEqual(c.blockTable.slice(0, 2), b.blockTable.slice(0, 2));
+  // And a prompt that starts with the shared middle block matches neither chain.
+  const d = seqOf("d", [...middle, ...x, 4]);
+  bm.allocate(d);
+  assert.equal(d.numCachedTokens, 0);
+});
