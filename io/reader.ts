@@ -285,14 +285,19 @@ export async function* readLines(
 
 /**
  * Counts the non-blank lines of a local, uncompressed file (for a progress
- * total), streaming it; undefined for stdin, URLs and gzip.
+ * total), streaming it; undefined for stdin, URLs and gzip. With `keep`, only
+ * the lines whose 0-based line index it accepts (a shard's lines).
  *
  * @example
  * ```ts
  * const total = await countLocalLines("requests.jsonl"); // e.g. 50000
+ * const shard1of3 = await countLocalLines("requests.jsonl", (i) => i % 3 === 1);
  * ```
  */
-export async function countLocalLines(input: string): Promise<number | undefined> {
+export async function countLocalLines(
+  input: string,
+  keep: (lineIndex: number) => boolean = () => true,
+): Promise<number | undefined> {
   if (input === "-" || isUrl(input)) return undefined;
   let file: Deno.FsFile;
   try {
@@ -301,6 +306,7 @@ export async function countLocalLines(input: string): Promise<number | undefined
     return undefined;
   }
   let count = 0;
+  let lineIndex = 0;
   let lineHasText = false;
   let first = true;
   for await (const chunk of file.readable) {
@@ -312,12 +318,13 @@ export async function countLocalLines(input: string): Promise<number | undefined
       const end = nl === -1 ? chunk.byteLength : nl;
       if (!lineHasText && end > start && !_isBlank(chunk.subarray(start, end))) lineHasText = true;
       if (nl === -1) break;
-      if (lineHasText) count++;
+      if (lineHasText && keep(lineIndex)) count++;
+      lineIndex++;
       lineHasText = false;
       start = nl + 1;
     }
   }
-  return lineHasText ? count + 1 : count;
+  return lineHasText && keep(lineIndex) ? count + 1 : count;
 }
 
 /**

@@ -27,7 +27,18 @@ import { createProgress, type Progress, type ProgressOptions } from "./progress.
 import { batchObject, type BatchStatus, type BatchSummary } from "./summary.ts";
 
 export type { BatchStatus, BatchSummary } from "./summary.ts";
-export type { BatchBackend } from "./batch_stages.ts";
+export type { Answer, BatchBackend } from "./batch_stages.ts";
+
+/** Shard `index` of `count` (0 ≤ index < count). */
+export interface Shard {
+  readonly index: number;
+  readonly count: number;
+}
+
+/** Whether the line at 0-based `lineIndex` belongs to `shard` (every line does without one). */
+export function inShard(shard: Shard | undefined, lineIndex: number): boolean {
+  return shard === undefined || lineIndex % shard.count === shard.index;
+}
 export { formatSummary } from "./summary.ts";
 
 /** Options for {@linkcode runBatch}. */
@@ -61,9 +72,18 @@ export interface RunBatchOptions {
   readonly maxLineBytes?: number;
   /** For URL input: give up when no byte arrived for this long (default 60 s). */
   readonly inputIdleTimeoutMs?: number;
+  /** Progress reports on stderr (default: none; the CLI passes `{}` for its progress bar). */
   readonly progress?: ProgressOptions;
   /** Where to write an OpenAI-style batch object at the end. */
   readonly summaryFile?: string;
+  /**
+   * Run only this shard's requests: those on input lines whose 0-based line
+   * index is `index` mod `count` (blank lines count, so the split depends
+   * on nothing but line positions). Other lines are not read into the run.
+   */
+  readonly shard?: Shard;
+  /** Called as each answer is recorded (for metrics); not for answers kept by resume. */
+  readonly onAnswer?: (counts: Answer["counts"]) => void;
   readonly stdin?: ReadableStream<Uint8Array>;
   readonly stdout?: WritableStream<Uint8Array>;
   readonly upload?: UploadOptions;
@@ -154,6 +174,7 @@ class _Run {
     this.progress.state.done++;
     if (answer.counts !== "succeeded") this.progress.state.failed++;
     this.progress.state.completionTokens = this.tally.completionTokens;
+    this.options.onAnswer?.(answer.counts);
     this.emitter!.emit(seq, answer.line, answer.counts === "succeeded");
   }
 
@@ -305,8 +326,14 @@ async function finish(
  *
  * @example
  * ```ts
+ * import { ApiBackend } from "../api/backend.ts";
+ * import { Engine } from "../engine/engine.ts";
+ * await using engine = await Engine.load("models/ernie-tiny");
  * const summary = await runBatch({
- *   input: "requests.jsonl", output: "results.jsonl", backend, overwrite: true,
+ *   input: "examples/input.jsonl",
+ *   output: await Deno.makeTempFile({ suffix: ".jsonl" }),
+ *   backend: new ApiBackend(engine),
+ *   overwrite: true,
  * });
  * console.log(formatSummary(summary));
  * ```
@@ -314,7 +341,8 @@ async function finish(
 export async function runBatch(options: RunBatchOptions): Promise<BatchSummary> {
   const startedMs = Date.now();
   await preflightBatch(options);
-  const progress = createProgress(options.progress);
+  // A library caller sees no output unless it asks for progress.
+  const progress = createProgress(options.progress ?? { quiet: true });
   const timers: ReturnType<typeof setTimeout>[] = [];
   let sinks: Sinks | null = null;
   let run: _Run | undefined;
@@ -325,10 +353,16 @@ export async function runBatch(options: RunBatchOptions): Promise<BatchSummary> 
     progress.log(`cancelling: waiting ${graceMs} ms for in-flight requests`);
     timers.push(setTimeout(() => run!.stopper.halt("cancelled", "cancelled"), graceMs));
   };
-  const counting = options.progress?.quiet ? Promise.resolve() : countLocalLines(options.input)
-    .then((n) => {
-      if (n !== undefined) progress.state.total ??= n;
-    }, () => {});
+  const { shard } = options;
+  if (shard !== undefined && !(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count)) {
+    throw new RangeError(`shard ${shard.index}/${shard.count}: need 0 ≤ index < count`);
+  }
+  const counting = options.progress?.quiet
+    ? Promise.resolve()
+    : countLocalLines(options.input, (i) => inShard(shard, i))
+      .then((n) => {
+        if (n !== undefined) progress.state.total ??= n;
+      }, () => {});
   try {
     sinks = await openSinks(options);
     const slots = new Slots(Math.max(1, options.maxInFlight ?? 1024));
@@ -354,6 +388,7 @@ export async function runBatch(options: RunBatchOptions): Promise<BatchSummary> 
         idleTimeoutMs: options.inputIdleTimeoutMs,
       });
       for await (const line of lines) {
+        if (!inShard(shard, line.lineNo - 1)) continue;
         if (!(await run.admit(line, seen, answered))) break;
       }
     } catch (e) {
