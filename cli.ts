@@ -7,12 +7,18 @@
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Engine, type EngineOptions, type LoadProgress } from "./engine/engine.ts";
+import { Engine, type EngineOptions } from "./engine/engine.ts";
 import { formatProfile } from "./engine/gpu/profile.ts";
 import { ApiBackend } from "./api/backend.ts";
 import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
+import type { ProgressState } from "./io/progress.ts";
 import { downloadModel, formatProgress, parseModelRef } from "./engine/loader/hub.ts";
 import { preflightBatch } from "./io/preflight.ts";
+import { parseShard, ShardError, shardPath } from "./io/shard.ts";
+import type { Shard } from "./io/run_batch.ts";
+import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from "./io/log.ts";
+import { BatchMetrics, type MetricsServer } from "./io/metrics.ts";
+import { mergeOutputs } from "./io/merge.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 type FlagType = "string" | "boolean";
@@ -234,6 +240,48 @@ const FLAGS: readonly Flag[] = [
     help:
       "time every GPU kernel (timestamp queries) and print per-kernel ms, GFLOP/s, GB/s and share of a known card's peak at the end; steps run slower",
   },
+  {
+    name: "shard",
+    group: "io",
+    type: "string",
+    value: "K/N|auto",
+    help:
+      "run only the input lines whose 0-based index is K mod N (merge the N outputs with `cli.ts merge`); " +
+      "auto reads K and N from a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with --num-shards or " +
+      "BATCHWRIGHT_NUM_SHARDS) or a Slurm array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT); " +
+      "{shard} in -o, --error-file and --summary-file becomes K",
+  },
+  {
+    name: "num-shards",
+    group: "io",
+    type: "string",
+    value: "N",
+    help: "the shard count for --shard auto (a Kubernetes Job's completions)",
+  },
+  {
+    name: "metrics-port",
+    group: "operations",
+    type: "string",
+    value: "PORT",
+    help:
+      "serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the batch runs (vLLM's names, batchwright: prefix; 0 picks a free port)",
+  },
+  {
+    name: "log-format",
+    group: "operations",
+    type: "string",
+    value: "text|json",
+    default: "text",
+    help: "json: one JSON object per line on stderr (time, level, msg, fields) for log collectors",
+  },
+  {
+    name: "log-level",
+    group: "operations",
+    type: "string",
+    value: "debug|info|warn|error",
+    default: "info",
+    help: "the least severe messages written (progress and the summary are info)",
+  },
   { name: "help", short: "h", group: "operations", type: "boolean", help: "print this help" },
   { name: "version", group: "operations", type: "boolean", help: "print the version and exit" },
 ];
@@ -249,6 +297,7 @@ export function usage(): string {
     `batchwright ${denoJson.version}: batch inference for ERNIE-4.5 on WebGPU`,
     "",
     "Usage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT [options]",
+    "       deno run -A cli.ts merge -o OUTPUT [--error-file PATH] [--input INPUT] SHARD_OUTPUT...",
   ];
   for (const [group, title] of Object.entries(GROUPS)) {
     lines.push("", `${title}:`);
@@ -323,10 +372,19 @@ export interface RunBatchCommand {
   readonly engine: EngineOptions;
   readonly truncateMaxTokens: boolean;
   readonly batch: Omit<RunBatchOptions, "backend">;
+  /** Serve Prometheus metrics on this port of 127.0.0.1. */
+  readonly metricsPort?: number;
+  readonly log: { readonly format: "text" | "json"; readonly level: LogLevel };
 }
 
-/** Turns `run-batch` arguments into options; throws UsageError. */
-export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help" | "version" {
+/**
+ * Turns `run-batch` arguments into options; throws UsageError. `env` is
+ * read only for `--shard auto`.
+ */
+export function parseRunBatch(
+  args: readonly string[],
+  env: Readonly<Record<string, string | undefined>> = {},
+): RunBatchCommand | "help" | "version" {
   const options = Object.fromEntries(
     FLAGS.map((f) => [f.name, { type: f.type, ...(f.short ? { short: f.short } : {}) }]),
   );
@@ -352,8 +410,35 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
   );
   const pooling = oneOf(str("pooling"), "pooling", ["last", "mean"] as const);
   const kernels = oneOf(str("kernels"), "kernels", ["auto", "cpu", "gpu"] as const);
-  const quiet = values.quiet === true;
+  const log = {
+    format: oneOf(str("log-format"), "log-format", ["text", "json"] as const) ?? "text",
+    level: oneOf(str("log-level"), "log-level", LOG_LEVELS) ?? "info",
+  };
+  // Progress is info: a higher level silences it as -q does.
+  const quiet = values.quiet === true || log.level === "warn" || log.level === "error";
+  const numShards = positiveInt(str("num-shards"), "num-shards");
+  let shard: Shard | undefined;
+  try {
+    shard = str("shard") === undefined ? undefined : parseShard(str("shard")!, { env, numShards });
+  } catch (e) {
+    if (e instanceof ShardError) throw new UsageError(e.message);
+    throw e;
+  }
+  if (numShards !== undefined && str("shard") !== "auto") {
+    throw new UsageError("--num-shards goes with --shard auto (with --shard K/N, N is the count)");
+  }
+  const path = (name: string) => str(name) === undefined ? undefined : shardPath(str(name)!, shard);
+  const port = str("metrics-port");
+  const metricsPort = port === undefined ? undefined : Number(port);
+  if (
+    metricsPort !== undefined &&
+    !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536)
+  ) {
+    throw new UsageError(`--metrics-port must be a port number 0..65535, got "${port}"`);
+  }
   return {
+    metricsPort,
+    log,
     modelDir: str("model")!,
     truncateMaxTokens: values["truncate-max-tokens"] === true,
     engine: {
@@ -372,8 +457,8 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
     },
     batch: {
       input: str("input-file")!,
-      output: str("output-file")!,
-      errorFile: str("error-file"),
+      output: path("output-file")!,
+      errorFile: path("error-file"),
       outputTmpDir: str("output-tmp-dir"),
       order,
       resume: values.resume === true,
@@ -383,8 +468,9 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
       maxInFlight: positiveInt(str("max-concurrency"), "max-concurrency"),
       requestTimeoutMs: seconds(str("request-timeout"), "request-timeout"),
       deadlineMs: seconds(str("deadline"), "deadline"),
-      summaryFile: str("summary-file"),
+      summaryFile: path("summary-file"),
       progress: { quiet },
+      shard,
     },
   };
 }
@@ -396,7 +482,7 @@ export function parseRunBatch(args: readonly string[]): RunBatchCommand | "help"
  */
 async function resolveModel(
   model: string,
-  options: { quiet: boolean; weights: boolean; signal: AbortSignal },
+  options: { quiet: boolean; weights: boolean; signal: AbortSignal; log: Logger },
 ): Promise<{ dir: string; name?: string }> {
   if ((await Deno.stat(model).catch(() => null))?.isDirectory) return { dir: model };
   const ref = parseModelRef(model);
@@ -413,8 +499,7 @@ async function resolveModel(
       (t) => t.trim() || undefined,
       () => undefined,
     );
-  const tty = Deno.stderr.isTerminal();
-  let shown = 0;
+  const show = progressLine(options.log);
   const dir = await downloadModel(ref, {
     cacheDir: env("HF_HUB_CACHE") ?? join(hfHome, "hub"),
     endpoint: env("HF_ENDPOINT"),
@@ -422,33 +507,32 @@ async function resolveModel(
     offline: env("HF_HUB_OFFLINE") === "1",
     weights: options.weights,
     signal: options.signal,
-    onProgress: options.quiet ? undefined : (p) => {
-      const done = p.received === p.total;
-      if (!done && performance.now() - shown < (tty ? 100 : 2000)) return;
-      shown = performance.now();
-      const line = `downloading ${ref.repo}: ${formatProgress(p)}`;
-      if (tty) {
-        Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${done ? "\n" : ""}`));
-      } else console.error(line);
-    },
+    onProgress: options.quiet
+      ? undefined
+      : (p) => show(`downloading ${ref.repo}: ${formatProgress(p)}`, p.received === p.total),
   });
   return { dir, name: ref.repo };
 }
 
-/** Prints "loading weights: 12/24 tensors" on stderr: redrawn on a terminal, every 2 s otherwise. */
-function loadProgressPrinter(dir: string): (p: LoadProgress) => void {
-  const tty = Deno.stderr.isTerminal();
+/**
+ * A progress line that changes often (download, weight loading): redrawn in
+ * place on a terminal, otherwise logged every 2 s and when done.
+ */
+function progressLine(log: Logger): (line: string, done: boolean) => void {
+  const redraw = log.format === "text" && Deno.stderr.isTerminal();
   let shown = -Infinity;
-  return (p) => {
-    const done = p.done === p.total;
-    if (!done && p.done > 1 && performance.now() - shown < (tty ? 100 : 2000)) return;
+  return (line, done) => {
+    if (!done && performance.now() - shown < (redraw ? 100 : 2000)) return;
     shown = performance.now();
-    const line = `batchwright: loading weights from ${dir}: ${p.done}/${p.total} tensors`;
-    if (tty) {
-      Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${done ? "\n" : ""}`));
-    } else console.error(line);
+    if (!redraw) return log.info(line);
+    Deno.stderr.writeSync(
+      new TextEncoder().encode(`\rbatchwright: ${line}\x1b[K${done ? "\n" : ""}`),
+    );
   };
 }
+
+const USAGE_HINT =
+  "Usage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)";
 
 /** Runs the CLI; returns the exit status. */
 export async function main(args: readonly string[]): Promise<number> {
@@ -461,20 +545,17 @@ export async function main(args: readonly string[]): Promise<number> {
     console.log(versionText());
     return 0;
   }
+  if (command === "merge") return await mergeMain(rest);
   if (command !== "run-batch") {
-    console.error(
-      `error: unknown command "${command}"\n\nUsage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)`,
-    );
+    console.error(`error: unknown command "${command}" (run-batch or merge)\n\n${USAGE_HINT}`);
     return 2;
   }
   let cmd: RunBatchCommand | "help" | "version";
   try {
-    cmd = parseRunBatch(rest);
+    cmd = parseRunBatch(rest, Deno.env.toObject());
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    console.error(
-      `error: ${e.message}\n\nUsage: deno run -A cli.ts run-batch --model DIR -i INPUT -o OUTPUT (see --help)`,
-    );
+    console.error(`error: ${e.message}\n\n${USAGE_HINT}`);
     return 2;
   }
   if (cmd === "help") {
@@ -485,60 +566,221 @@ export async function main(args: readonly string[]): Promise<number> {
     console.log(versionText());
     return 0;
   }
+  return await runBatchMain(cmd);
+}
+
+/** `run-batch`: checks, loads the model, runs the batch; returns the exit status. */
+async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
   // Mesa warns on every start when this is unset.
   if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
-
+  const log = createLogger(cmd.log);
   const quiet = cmd.batch.progress?.quiet === true;
+  const progress = log.format === "json"
+    ? {
+      quiet,
+      sink: {
+        report: (line: string, state: Readonly<ProgressState>, elapsedMs: number) =>
+          log.info(line, {
+            event: "progress",
+            done: state.done,
+            total: state.total,
+            failed: state.failed,
+            completion_tokens: state.completionTokens,
+            elapsed_s: elapsedMs / 1000,
+          }),
+        log: (message: string) => log.info(message),
+      },
+    }
+    : cmd.batch.progress;
   const cancel = new AbortController();
   const onSignal = () => {
-    if (!quiet) console.error("\nCancelling: finishing in-flight requests…");
+    log.warn("cancelling: finishing in-flight requests…");
     cancel.abort(new Error("cancelled by signal"));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   let engine: Engine | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     // Everything that needs no model first: a real model takes seconds to minutes to load.
     await preflightBatch(cmd.batch);
+    const metrics = cmd.metricsPort === undefined ? undefined : new BatchMetrics();
+    if (metrics !== undefined) {
+      metricsServer = metrics.serve(cmd.metricsPort!);
+      log.info(`metrics at ${metricsServer.url}`, { event: "metrics", url: metricsServer.url });
+    }
+    if (cmd.batch.shard !== undefined) {
+      const { index, count } = cmd.batch.shard;
+      log.info(
+        `shard ${index}/${count}: input lines whose 0-based index is ${index} mod ${count}`,
+        {
+          event: "shard",
+          shard: index,
+          num_shards: count,
+        },
+      );
+    }
     const model = await resolveModel(cmd.modelDir, {
       quiet,
       weights: !cmd.batch.validateOnly,
       signal: cancel.signal,
+      log,
     });
     const servedModelName = cmd.engine.servedModelName ?? model.name;
+    const showLoad = progressLine(log);
     const backend = cmd.batch.validateOnly
       ? await ApiBackend.forValidation(model.dir, servedModelName)
       : new ApiBackend(
         engine = await Engine.load(model.dir, {
           ...cmd.engine,
           servedModelName,
-          onProgress: quiet ? undefined : loadProgressPrinter(model.dir),
+          onProgress: quiet ? undefined : (p) =>
+            showLoad(
+              `loading weights from ${model.dir}: ${p.done}/${p.total} tensors`,
+              p.done === p.total,
+            ),
+          onStep: metrics && ((step) => metrics.observeStep(step)),
         }),
         { truncateMaxTokens: cmd.truncateMaxTokens },
       );
-    if (engine && !quiet) {
-      console.error(
-        `batchwright: ${engine.modelName} on ${engine.runner.description}; ` +
-          `max ${engine.runner.options.maxNumSeqs} seqs × ${engine.runner.options.maxNumBatchedTokens} tokens/step, ` +
-          `KV cache ${engine.runner.options.numBlocks} blocks of ${engine.runner.options.blockSize} (${
-            (engine.runner.kvBytes / 2 ** 20).toFixed(0)
-          } MiB), context ${engine.maxModelLen}`,
-      );
+    if (engine) {
+      metrics?.attachEngine(engine);
+      const o = engine.runner.options;
+      const kvMiB = Math.round(engine.runner.kvBytes / 2 ** 20);
+      if (!quiet) {
+        log.info(
+          `${engine.modelName} on ${engine.runner.description}; ` +
+            `max ${o.maxNumSeqs} seqs × ${o.maxNumBatchedTokens} tokens/step, ` +
+            `KV cache ${o.numBlocks} blocks of ${o.blockSize} (${kvMiB} MiB), context ${engine.maxModelLen}`,
+          {
+            event: "engine",
+            model: engine.modelName,
+            device: engine.runner.description,
+            max_num_seqs: o.maxNumSeqs,
+            max_num_batched_tokens: o.maxNumBatchedTokens,
+            kv_blocks: o.numBlocks,
+            block_size: o.blockSize,
+            max_model_len: engine.maxModelLen,
+          },
+        );
+      }
     }
-    const summary = await runBatch({ ...cmd.batch, backend, signal: cancel.signal });
-    console.error(formatSummary(summary));
+    const summary = await runBatch({
+      ...cmd.batch,
+      progress,
+      backend,
+      signal: cancel.signal,
+      onAnswer: metrics && ((kind) => metrics.countAnswer(kind)),
+    });
+    const { id, status, total, succeeded, failed, cancelled, resumed, skipped } = summary;
+    const level = status === "completed" || status === "validated" ? "info" : "warn";
+    // Printed even with -q: it is the run's one-line result (--log-level warn hides a success).
+    log.log(level, formatSummary(summary), {
+      event: "summary",
+      batch_id: id,
+      status,
+      total,
+      succeeded,
+      failed,
+      cancelled,
+      resumed,
+      skipped,
+      prompt_tokens: summary.promptTokens,
+      completion_tokens: summary.completionTokens,
+      elapsed_s: summary.elapsedMs / 1000,
+      output: summary.outputPath,
+      error: summary.error,
+    });
     const profile = engine?.kernelProfile();
-    if (profile) console.error(formatProfile(profile));
-    if (summary.status === "cancelled") return 130;
-    if (summary.status === "validated") return summary.failed > 0 ? 1 : 0;
-    return summary.status === "completed" ? 0 : 1;
+    if (profile) log.log("info", formatProfile(profile), { event: "profile" });
+    if (status === "cancelled") return 130;
+    if (status === "validated") return failed > 0 ? 1 : 0;
+    return status === "completed" ? 0 : 1;
   } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
+    log.error((e as Error).message);
     return 1;
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
+    await metricsServer?.close();
     await engine?.close();
+  }
+}
+
+const MERGE_USAGE =
+  "Usage: deno run -A cli.ts merge -o OUTPUT [--error-file PATH] [--input INPUT] [--overwrite] SHARD_OUTPUT...";
+
+/**
+ * `merge`: joins shard outputs into one; with `--input`, in the input's order
+ * and with an answer required for every request.
+ */
+async function mergeMain(args: readonly string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      options: {
+        "output-file": { type: "string", short: "o" },
+        "error-file": { type: "string" },
+        "input-file": { type: "string", short: "i" },
+        input: { type: "string" },
+        overwrite: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: true,
+    });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}\n\n${MERGE_USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(
+      [
+        MERGE_USAGE,
+        "",
+        "Joins the outputs (and error files) of `run-batch --shard K/N` runs into one output.",
+        "Fails, writing nothing, when a custom_id appears twice.",
+        "",
+        "  -o, --output-file PATH     the merged output (required)",
+        "      --error-file PATH      failed answers go here instead of the output",
+        "  -i, --input PATH           the original batch input: write in its order, and fail when",
+        "                             one of its requests has no answer",
+        "      --overwrite            replace an existing output",
+      ].join("\n"),
+    );
+    return 0;
+  }
+  const output = values["output-file"];
+  const order = values.input ?? values["input-file"];
+  if (output === undefined || positionals.length === 0) {
+    console.error(
+      `error: ${
+        output === undefined ? "missing -o OUTPUT" : "no shard outputs to merge"
+      }\n\n${MERGE_USAGE}`,
+    );
+    return 2;
+  }
+  try {
+    const s = await mergeOutputs({
+      inputs: positionals,
+      output,
+      errorFile: values["error-file"],
+      order,
+      overwrite: values.overwrite === true,
+    });
+    console.error(
+      `batchwright: merged ${s.answers} answers (${s.succeeded} succeeded, ${s.failed} failed) ` +
+        `from ${positionals.length} files${
+          order === undefined ? "" : ` in the order of "${order}"`
+        } → ${output}`,
+    );
+    return 0;
+  } catch (e) {
+    // MergeError (the shards do not add up) or an I/O error naming the file.
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
   }
 }
 

@@ -18,6 +18,14 @@ export interface ProgressOptions {
   readonly write?: (text: string) => void;
   /** Clock (for tests). */
   readonly now?: () => number;
+  /**
+   * Takes every report and message instead of `write` (e.g. a JSON logger):
+   * `report` gets the rendered line and the counters it came from.
+   */
+  readonly sink?: {
+    report(line: string, state: Readonly<ProgressState>, elapsedMs: number): void;
+    log(message: string): void;
+  };
 }
 
 /** Counters the run loop reports. */
@@ -105,6 +113,19 @@ export function createProgress(options: ProgressOptions = {}): Progress {
     write(terminal ? `\r\x1b[2K${line}` : `batchwright: ${line}\n`);
   };
   if (options.quiet) return { state, log() {}, stop() {} };
+  const sink = options.sink;
+  if (sink !== undefined) {
+    const report = () => sink.report(formatProgress(state, now() - start), state, now() - start);
+    const timer = setInterval(report, options.intervalMs ?? 10_000);
+    return {
+      state,
+      log: (message) => sink.log(message),
+      stop() {
+        clearInterval(timer);
+        report();
+      },
+    };
+  }
   const timer = setInterval(draw, options.intervalMs ?? (terminal ? 200 : 10_000));
   return {
     state,

@@ -29,6 +29,7 @@ export function spawnRunBatch(
   input: string,
   output: string,
   extra: readonly string[] = [],
+  options: { stderr?: "piped" | "null"; env?: Record<string, string> } = {},
 ): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: [
@@ -45,8 +46,8 @@ export function spawnRunBatch(
       "-q",
       ...extra,
     ],
-    env: childEnv(),
+    env: { ...childEnv(), ...options.env },
     stdout: "null",
-    stderr: "null",
+    stderr: options.stderr ?? "null",
   }).spawn();
 }
