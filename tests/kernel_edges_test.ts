@@ -186,7 +186,7 @@ gpuTest(
       vCache: gpu.upload("v", vc),
       out,
     }, { heads: HQ, kvHeads: HKV, headDim: D, blockSize: B, maxBlocks });
-    await run(gpu, [d], T);
+    await run(gpu, [d].flat(), T); // one dispatch, or a list of them
     const got = await readF32(gpu, out, T * HQ * D);
     rows.forEach(({ seq, pos }, t) => {
       const want = attentionRef(qkv.subarray(t * W, t * W + HQ * D), pos, tables[seq]!, kc, vc, {
