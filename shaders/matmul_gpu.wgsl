@@ -1,11 +1,13 @@
 // GPU-class tiled matmul for batches of more rows than gemv_gpu.wgsl takes (prefill,
 // batched decode):
 //   y[m, COL_OFFSET + n] (+)= Σ_k x[m, k] · W[n, k]      (W in torch [out, in] layout)
-// for one row shard of W (N of its rows). A workgroup computes a BM × BN output tile.
+// for one row shard of W (N of its rows). A workgroup computes a BM × BN output tile
+// (32 × 8·PN: 32 × 64, or 32 × 32 and 32 × 16 for narrow shards, so that they still launch
+// enough workgroups to fill a large GPU).
 // Each step stages a BM × BK slice of x and a BN × BK slice of W in workgroup memory
 // (BK = 4 · LANES: one 4-element chunk per k lane), loaded by adjacent invocations from
-// adjacent addresses; bf16 weights are widened to f32 on the way in. The 256 invocations
-// are LANES k lanes × 32 output blocks of TM × TN, so each k lane owns one chunk of
+// adjacent addresses; bf16 weights are widened to f32 on the way in. The invocations
+// are LANES k lanes × PM · PN output blocks of TM × TN, so each k lane owns one chunk of
 // every staged slice; after the last step the lanes' partial sums are added in the same
 // fixed tree as in gemv_gpu.wgsl, a register row at a time through workgroup memory.
 // Arithmetic is f32 throughout (no f16).
@@ -24,14 +26,17 @@ override BF16: bool;         // W holds bf16 pairs (else f32 bits)
 override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
 override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
 
+override PN: u32 = 8u;     // invocation blocks along n: 8, or 4 or 2 for narrow shards (registry.ts)
+
 const LANES = 8u;          // k lanes per output; must equal LANES in gemv_gpu.wgsl
+const PM = 4u;             // invocation blocks along m (ws holds the 2 · WG parked vec4s
+                           // of a reduction round only while PM ≤ 4)
 const TM = 8u;             // rows per invocation
-const TN = 8u;             // columns per invocation
-const PM = 4u;             // invocation blocks along m
-const PN = 8u;             // invocation blocks along n
-const BM = PM * TM;        // 32 rows per tile
-const BN = PN * TN;        // 64 columns per tile
-const WG = LANES * PM * PN;  // 256 invocations
+const TN = 8u;             // columns per invocation; equal to LANES, so that one reduction
+                           // round has as many outputs (WG · TN / LANES) as invocations
+const BM = PM * TM;        // rows per tile
+override BN = PN * TN;     // columns per tile
+override WG = LANES * PM * PN;  // invocations (256, 128 or 64)
 
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
@@ -41,7 +46,7 @@ struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (M, N_TOTAL)
 
 var<workgroup> xs: array<vec4<f32>, BM * LANES>;  // (BM, LANES) chunks of x: 4 KiB
-var<workgroup> ws: array<vec4<f32>, BN * LANES>;  // (BN, LANES) chunks of W: 8 KiB; then
+var<workgroup> ws: array<vec4<f32>, BN * LANES>;  // (BN, LANES) chunks of W: ≤ 8 KiB; then
                                                   // (WG, TN) lane sums of one register row
 
 // x element e (flat index into (M, K)).
@@ -108,9 +113,11 @@ fn main(
     // Stage chunks c0 .. c0 + LANES − 1 of the tile's rows; LANES adjacent invocations
     // read one row's BK contiguous elements. Rows past the edge repeat the last one.
     let c = c0 + li % LANES;
-    var xv = vec4(0.0);
-    if (c < chunks) { xv = x_chunk(min(m0 + li / LANES, M - 1u), c); }
-    xs[li] = xv;
+    for (var e = li; e < BM * LANES; e += WG) {
+      var xv = vec4(0.0);
+      if (c < chunks) { xv = x_chunk(min(m0 + e / LANES, M - 1u), c); }
+      xs[e] = xv;
+    }
     for (var e = li; e < BN * LANES; e += WG) {
       var wv = vec4(0.0);
       if (c < chunks) { wv = w_chunk(min(n0 + e / LANES, N - 1u), c); }

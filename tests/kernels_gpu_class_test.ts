@@ -89,9 +89,11 @@ Deno.test("auto picks the cpu class on fallback and software adapters, gpu elsew
   assertEquals(chooseKernelClass("cpu", { description: "NVIDIA H100" }), "cpu");
 });
 
-// M ≤ gemvMaxRows runs gemv_gpu.wgsl, larger M the 32 × 64 tiled kernel. N and K are not
-// tile multiples; K % 4 ≠ 0 takes the zero-padded last chunk (and, for bf16 with odd K,
-// rows that start in the middle of a u32 word); K < 32 leaves k lanes without a chunk.
+// M ≤ gemvMaxRows runs gemv_gpu.wgsl, larger M the tiled kernel: 16 × 32 tiles for shards
+// of N ≤ 1024, 32 × 32 up to 4096, 64 × 32 beyond (the last sizes below; the sharded one
+// has a 4100-row shard and a 900-row one). N and K are not tile multiples; K % 4 ≠ 0 takes
+// the zero-padded last chunk (and, for bf16 with odd K, rows that start in the middle of
+// a u32 word); K < 32 leaves k lanes without a chunk.
 for (const bf16 of [false, true]) {
   for (
     const [M, N, K, shardRows] of [
@@ -104,6 +106,9 @@ for (const bf16 of [false, true]) {
       [70, 200, 258, 64],
       [130, 203, 66, undefined],
       [33, 9, 3, undefined],
+      [33, 1100, 9, undefined],
+      [40, 4200, 9, undefined],
+      [40, 5000, 6, 4100],
     ] as const
   ) {
     gpuTest(

@@ -154,8 +154,9 @@ export function matmul(
       M_FROM_ROWS: o.mFromRows ? 1 : 0,
     };
     const launch = (op: "gemv" | "matmul", runs: (m: number) => boolean): Dispatch => {
-      const tile = kernelTable(cls).ops[op].tile!;
-      const pipeline = pipelineOf(gpu, cls, op, constants);
+      const v = kernelTable(cls).ops[op];
+      const { tile, constants: tiling } = v.narrow?.find((t) => shard.rows <= t.maxN) ?? v;
+      const pipeline = gpu.pipeline(v.kernel, { ...tiling, ...constants });
       return {
         label: op,
         pipeline,
@@ -163,7 +164,7 @@ export function matmul(
         workgroups: (s) => {
           const m = rowsOf(s);
           if (!runs(m)) return [0, 0, 0];
-          return [ceil(shard.rows, tile.n), ceil(m, tile.m), 1];
+          return [ceil(shard.rows, tile!.n), ceil(m, tile!.m), 1];
         },
         cost: (s) => {
           const [m, n, k] = [rowsOf(s), shard.rows, w.cols];

@@ -58,6 +58,15 @@ export interface KernelVariant {
    * launches ceil(N / n) × ceil(M / m) workgroups. Unused by other ops.
    */
   readonly tile?: { readonly n: number; readonly m: number };
+  /**
+   * Smaller tiles for weight shards of at most `maxN` outputs (the first that fits
+   * wins), so narrow matrices still launch enough workgroups to fill a large GPU.
+   */
+  readonly narrow?: readonly {
+    readonly maxN: number;
+    readonly constants: Readonly<Record<string, number>>;
+    readonly tile: { readonly n: number; readonly m: number };
+  }[];
 }
 
 /** The ops of one class, plus the largest M its GEMV handles (larger M runs `matmul`). */
@@ -99,8 +108,17 @@ const TABLES: Readonly<Record<KernelClass, KernelTable>> = {
         constants: { ROWS: GEMV_GPU_ROWS },
         tile: { n: GEMV_GPU_ROWS, m: 1 },
       },
-      // 64 × 32 output tile (matmul_gpu.wgsl's BN × BM).
-      matmul: { kernel: k("matmul_gpu", matmulGpuSrc), constants: {}, tile: { n: 64, m: 32 } },
+      // BN × BM = 8·PN × 32 output tiles: 64 × 32, and for N ≤ 4096 (qkv at 0.3B) 32 × 32,
+      // for N ≤ 1024 (o, down) 16 × 32, so that 64 rows of N = 1024 launch 128 workgroups.
+      matmul: {
+        kernel: k("matmul_gpu", matmulGpuSrc),
+        constants: { PN: 8 },
+        tile: { n: 64, m: 32 },
+        narrow: [
+          { maxN: 1024, constants: { PN: 2 }, tile: { n: 16, m: 32 } },
+          { maxN: 4096, constants: { PN: 4 }, tile: { n: 32, m: 32 } },
+        ],
+      },
     },
     gemvMaxRows: 4,
   },
