@@ -294,8 +294,7 @@ export class Slots {
  * ```
  */
 export class Emitter {
-  /** Answers waiting for earlier ones (input order); null: skipped, nothing to write. */
-  readonly #ready = new Map<number, { line: string; ok: boolean } | null>();
+  readonly #ready = new Map<number, { line: string; ok: boolean }>();
   #nextToWrite = 0;
 
   constructor(
@@ -312,25 +311,9 @@ export class Emitter {
   emit(seq: number, line: string, ok: boolean): void {
     if (this.to.order === "completion") return this.#write(line, ok);
     this.#ready.set(seq, { line, ok });
-    this.#drain();
-  }
-
-  /**
-   * Writes nothing for the answer numbered `seq` (the run failed under it, so
-   * a resumed run computes it) but frees its slot and lets later answers out.
-   */
-  skip(seq: number): void {
-    if (this.to.order === "completion") return this.to.slots.release();
-    this.#ready.set(seq, null);
-    this.#drain();
-  }
-
-  #drain(): void {
-    while (this.#ready.has(this.#nextToWrite)) {
-      const r = this.#ready.get(this.#nextToWrite)!;
+    for (let r = this.#ready.get(this.#nextToWrite); r; r = this.#ready.get(this.#nextToWrite)) {
       this.#ready.delete(this.#nextToWrite++);
-      if (r === null) this.to.slots.release();
-      else this.#write(r.line, r.ok);
+      this.#write(r.line, r.ok);
     }
   }
 
