@@ -29,6 +29,7 @@ import {
   DEFAULT_SAMPLING,
   type EmbedRequest,
   type EmbedResult,
+  EngineFailure,
   type FinishReason,
   type GenerateRequest,
   type GenerateResult,
@@ -159,7 +160,8 @@ export class Engine {
   readonly #eosList: readonly number[];
   #loop: Promise<void> | null = null;
   #closed = false;
-  #lost: string | null = null;
+  /** Set when the backend failed: every request, waiting or new, fails with it. */
+  #failure: EngineFailure | null = null;
   readonly stats: EngineStats = {
     steps: 0,
     promptTokensComputed: 0,
@@ -201,11 +203,6 @@ export class Engine {
       enablePrefixCaching: options.enablePrefixCaching,
       maxModelLen,
     });
-    if (runner instanceof ModelRunner) {
-      runner.gpu.device.lost.then((info) => {
-        if (!this.#closed) this.#lost = info.message || info.reason || "unknown reason";
-      });
-    }
     this.#eos = new Set([
       ...config.eosTokenIds,
       ...(generationDefaults.eosTokenIds ?? []),
@@ -345,6 +342,7 @@ export class Engine {
 
   #submit(req: GenerateRequest, kind: SeqState["kind"], signal?: AbortSignal): Promise<unknown> {
     if (this.#closed) return Promise.reject(new Error("The engine is closed"));
+    if (this.#failure) return Promise.reject(this.#failure);
     if (req.promptIds.length === 0) {
       return Promise.reject(new RequestError("The prompt is empty", 400, "messages"));
     }
@@ -413,7 +411,11 @@ export class Engine {
           numSeqs: batch.items.length,
         });
       } catch (e) {
-        // A GPU failure fails the step's requests, not the process.
+        if (e instanceof EngineFailure) {
+          this.#failAll(e);
+          break;
+        }
+        // Anything else (outside the backend) fails the step's requests only.
         for (const { seq } of batch.items) {
           this.#scheduler.abort(seq.id);
           seq.state!.reject(e);
@@ -426,9 +428,6 @@ export class Engine {
 
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
     const items = batch.items;
-    if (this.#lost) {
-      throw new Error(`The GPU device was lost (${this.#lost}); restart with --resume`);
-    }
     const wantLogits = items.some((it) =>
       it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
     );
@@ -442,7 +441,9 @@ export class Engine {
         ? "sample"
         : "none",
     }));
-    const result = await this.runner.step(seqs, wantLogits);
+    const result = await this.runner.step(seqs, wantLogits).catch((e) => {
+      throw this.#backendFailure(e);
+    });
     this.#scheduler.commit(batch);
     this.stats.steps++;
     this.stats.seqsInSteps += items.length;
@@ -490,6 +491,20 @@ export class Engine {
         if (st.kind === "embed" && reachedEnd) this.#finishEmbed(seq);
       }
     }
+  }
+
+  /** What a backend error becomes: the device's state is unknown, so nothing may run on. */
+  #backendFailure(e: unknown): EngineFailure {
+    return new EngineFailure(
+      `The compute backend (${this.runner.description}) failed at engine step ` +
+        `${this.stats.steps + 1}: ${(e as Error)?.message ?? String(e)}`,
+    );
+  }
+
+  /** Fails every waiting and running request, and every later one, with `failure`. */
+  #failAll(failure: EngineFailure): void {
+    this.#failure = failure;
+    for (const seq of this.#scheduler.abortAll()) seq.state!.reject(failure);
   }
 
   #isPlainGreedy(seq: Sequence<SeqState>): boolean {

@@ -72,7 +72,11 @@ export class ModelRunner implements Runner {
       isFallbackAdapter: gpu.adapter.info.isFallbackAdapter,
       description: gpu.description,
     });
-    const weights = await uploadWeights(gpu, shape, source);
+    const weights = await gpu.checked(
+      "Uploading the weights to the GPU",
+      () => uploadWeights(gpu, shape, source),
+      "the model does not fit this GPU",
+    );
     const {
       hiddenSize: H,
       intermediateSize: I,
@@ -97,6 +101,23 @@ export class ModelRunner implements Runner {
     };
     checkBinding("The KV cache of one layer", slotBytes);
     checkBinding("The MLP activations", T * 2 * I * 4);
+    // The KV pool first: it is the largest allocation, and the one the user sizes.
+    const kvPool = await gpu.checked(
+      `Allocating the KV cache (${o.numBlocks} blocks of ${o.blockSize} tokens, ` +
+        `${(2 * slotBytes * shape.numLayers / 2 ** 20).toFixed(1)} MiB)`,
+      () => ({
+        k: Array.from(
+          { length: shape.numLayers },
+          (_, i) => gpu.storage(`k_cache.${i}`, slotBytes),
+        ),
+        v: Array.from(
+          { length: shape.numLayers },
+          (_, i) => gpu.storage(`v_cache.${i}`, slotBytes),
+        ),
+      }),
+      "lower --kv-cache-memory",
+    );
+    gpu.pushErrorScopes();
     const buffers: StepBuffers = {
       step: gpu.uniform("step", STEP_UNIFORM_BYTES),
       ids: f32("ids", T),
@@ -115,21 +136,21 @@ export class ModelRunner implements Runner {
       final: f32("final", maxRows * H),
       logits: f32("logits", maxLogitRows * V),
       sampled: f32("sampled", maxRows),
-      kCache: Array.from(
-        { length: shape.numLayers },
-        (_, i) => gpu.storage(`k_cache.${i}`, slotBytes),
-      ),
-      vCache: Array.from(
-        { length: shape.numLayers },
-        (_, i) => gpu.storage(`v_cache.${i}`, slotBytes),
-      ),
+      kCache: kvPool.k,
+      vCache: kvPool.v,
     };
+    await gpu.popErrorScopes(
+      "Allocating the step buffers",
+      "lower --max-num-batched-tokens or --max-num-seqs",
+    );
+    gpu.pushErrorScopes();
     const plan = planForward(gpu, shape, weights, buffers, {
       blockSize: o.blockSize,
       maxBlocks: o.maxBlocksPerSeq,
       validVocab: o.validVocab,
       kernels,
     });
+    await gpu.popErrorScopes("Compiling the kernels");
     const runner = new ModelRunner(
       gpu,
       shape,
@@ -154,6 +175,7 @@ export class ModelRunner implements Runner {
    * ids, or their full logits when `wantLogits` (for the CPU sampler).
    */
   async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
+    if (this.gpu.failure) throw this.gpu.failure;
     const o = this.options;
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
     if (T > o.maxNumBatchedTokens) {
@@ -195,6 +217,8 @@ export class ModelRunner implements Runner {
     if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
     const b = this.buffers;
     const gpu = this.gpu;
+    // Every error of this step's writes and commands is caught here, not lost.
+    gpu.pushErrorScopes();
     gpu.write(b.step, new Uint32Array([T, R, L, 0]));
     gpu.write(b.ids, ids);
     gpu.write(b.positions, positions);
@@ -232,13 +256,21 @@ export class ModelRunner implements Runner {
       encoder.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
     }
     gpu.device.queue.submit([encoder.finish()]);
+    await gpu.popErrorScopes("Engine step");
     await this.#profiler?.collect();
     const bytes = sampleBytes + hiddenBytes;
     if (bytes === 0) {
       await gpu.device.queue.onSubmittedWorkDone();
+      if (gpu.failure) throw gpu.failure;
       return {};
     }
-    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes).catch((e: Error) => {
+      throw gpu.failure ?? new Error(`Reading the step's results back failed: ${e.message}`);
+    });
+    if (gpu.failure) {
+      this.#staging.unmap();
+      throw gpu.failure;
+    }
     const copy = this.#staging.getMappedRange(0, bytes).slice(0);
     this.#staging.unmap();
     return {

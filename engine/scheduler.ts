@@ -202,6 +202,13 @@ export class Scheduler<S = unknown> {
     this.#drop(seq);
   }
 
+  /** Removes every waiting and running sequence (the engine failed); returns them. */
+  abortAll(): Sequence<S>[] {
+    const all = [...this.#live.values()];
+    for (const seq of all) this.#drop(seq);
+    return all;
+  }
+
   /** Removes a waiting or running sequence; returns it, or undefined if unknown. */
   abort(id: string): Sequence<S> | undefined {
     const seq = this.#live.get(id);

@@ -120,6 +120,19 @@ export interface EmbedResult {
   readonly promptTokens: number;
 }
 
+/**
+ * The engine cannot go on: its compute backend failed (a GPU error, a lost
+ * device). Every request in flight and every later one fails with it; a batch
+ * run stops, keeps the answers written so far, and writes no line for these
+ * requests, so that a resumed run computes them.
+ */
+export class EngineFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "EngineFailure";
+  }
+}
+
 /** An error a request can get that is its own fault (HTTP 400-like). */
 export class RequestError extends Error {
   constructor(

@@ -294,7 +294,8 @@ export class Slots {
  * ```
  */
 export class Emitter {
-  readonly #ready = new Map<number, { line: string; ok: boolean }>();
+  /** Answers waiting for earlier ones (input order); null: skipped, nothing to write. */
+  readonly #ready = new Map<number, { line: string; ok: boolean } | null>();
   #nextToWrite = 0;
 
   constructor(
@@ -311,9 +312,25 @@ export class Emitter {
   emit(seq: number, line: string, ok: boolean): void {
     if (this.to.order === "completion") return this.#write(line, ok);
     this.#ready.set(seq, { line, ok });
-    for (let r = this.#ready.get(this.#nextToWrite); r; r = this.#ready.get(this.#nextToWrite)) {
+    this.#drain();
+  }
+
+  /**
+   * Writes nothing for the answer numbered `seq` (the run failed under it, so
+   * a resumed run computes it) but frees its slot and lets later answers out.
+   */
+  skip(seq: number): void {
+    if (this.to.order === "completion") return this.to.slots.release();
+    this.#ready.set(seq, null);
+    this.#drain();
+  }
+
+  #drain(): void {
+    while (this.#ready.has(this.#nextToWrite)) {
+      const r = this.#ready.get(this.#nextToWrite)!;
       this.#ready.delete(this.#nextToWrite++);
-      this.#write(r.line, r.ok);
+      if (r === null) this.to.slots.release();
+      else this.#write(r.line, r.ok);
     }
   }
 

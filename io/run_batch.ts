@@ -20,6 +20,7 @@ import {
   Stopper,
 } from "./batch_stages.ts";
 import type { BatchRequest } from "./batch_format.ts";
+import { EngineFailure } from "../engine/types.ts";
 import { countLocalLines, readLines } from "./reader.ts";
 import { openOutput, type OutputSink, type UploadOptions } from "./writer.ts";
 import { preflightBatch } from "./preflight.ts";
@@ -250,6 +251,11 @@ class _Run {
     const task = executeRequest(this.options.backend, request, controller, timeoutMs).then(
       (outcome) => {
         inFlight.delete(controller);
+        if (outcome.kind === "error" && outcome.error instanceof EngineFailure) {
+          // The engine cannot go on: stop, and write no line, so --resume runs this request.
+          this.fail(outcome.error.message);
+          return this.emitter!.skip(seq);
+        }
         this.record(seq, answerFor(request, outcome, timeoutMs));
       },
     );

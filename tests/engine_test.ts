@@ -16,6 +16,7 @@ import type { Gpu } from "../engine/gpu/device.ts";
 import { join } from "node:path";
 import { SafetensorsCheckpoint, writeSafetensors } from "../engine/loader/safetensors.ts";
 import { makeModelDir } from "../tools/make_fixture.ts";
+import type { ModelRunner } from "../engine/model_runner.ts";
 
 const MODEL = "models/ernie-tiny";
 const KIB = 1024;
@@ -226,3 +227,19 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+gpuTest("the KV pool never exceeds --kv-cache-memory, and uses most of it", async (gpu) => {
+  for (const budget of [1 << 20, 3 * (1 << 20) + 12345, 16 << 20]) {
+    const engine = await Engine.load(MODEL, { gpu, kvCacheMemory: budget, blockSize: 16 });
+    const runner = engine.runner as ModelRunner;
+    const allocated = [...runner.buffers.kCache, ...runner.buffers.vCache]
+      .reduce((n, b) => n + b.size, 0);
+    assert(allocated <= budget, `${allocated} bytes allocated for a budget of ${budget}`);
+    assert(runner.kvBytes <= budget, `kvBytes ${runner.kvBytes} > budget ${budget}`);
+    // f32 K and V of one block in every layer; an f16 cache holds twice the tokens.
+    const c = engine.config;
+    const blockBytes = 2 * c.numLayers * 16 * c.numKvHeads * c.headDim * 4;
+    assert(allocated > budget / 2 - blockBytes, `only ${allocated} of ${budget} bytes used`);
+    await engine.close();
+  }
+});

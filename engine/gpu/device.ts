@@ -30,11 +30,36 @@ export class Gpu {
   readonly #modules = new Map<string, GPUShaderModule>();
   readonly #pipelines = new Map<string, GPUComputePipeline>();
 
+  #failure: Error | null = null;
+  #destroyed = false;
+
   private constructor(
     readonly adapter: GPUAdapter,
     readonly device: GPUDevice,
     readonly description: string,
-  ) {}
+  ) {
+    // Errors outside an error scope (and a lost device) would otherwise pass
+    // silently, leaving invalid buffers and wrong answers behind.
+    device.addEventListener("uncapturederror", (event) => {
+      this.#fail(`WebGPU error: ${(event as GPUUncapturedErrorEvent).error.message}`);
+    });
+    device.lost.then((info) => {
+      if (this.#destroyed) return;
+      this.#fail(`The GPU device was lost (${info.message || info.reason || "unknown reason"})`);
+    });
+  }
+
+  /**
+   * The first GPU error no error scope caught, or the device's loss; null while
+   * the device is healthy. Once set, nothing computed on this device can be trusted.
+   */
+  get failure(): Error | null {
+    return this.#failure;
+  }
+
+  #fail(message: string): void {
+    this.#failure ??= new Error(message);
+  }
 
   /** Whether shaders may use f16 (`enable f16;`): the device has `shader-f16`. */
   get hasF16(): boolean {
@@ -185,10 +210,13 @@ export class Gpu {
     return out;
   }
 
-  /** Runs `fn` inside validation and out-of-memory error scopes and throws what they caught. */
-  async checked<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
-    this.device.pushErrorScope("out-of-memory");
-    this.device.pushErrorScope("validation");
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes and throws what
+   * they caught (or the device's failure), naming `what` failed and, when given,
+   * the `remedy` for running out of memory.
+   */
+  async checked<T>(what: string, fn: () => T | Promise<T>, remedy?: string): Promise<T> {
+    this.pushErrorScopes();
     let outcome: { ok: true; value: T } | { ok: false; error: unknown };
     try {
       outcome = { ok: true, value: await fn() };
@@ -196,16 +224,37 @@ export class Gpu {
       outcome = { ok: false, error };
     }
     // Pop both scopes whatever happened, so the stack stays balanced.
-    const validation = await this.device.popErrorScope();
-    const oom = await this.device.popErrorScope();
-    if (oom) throw new Error(`${what}: the GPU is out of memory (${oom.message})`);
-    if (validation) throw new Error(`${what}: WebGPU validation failed: ${validation.message}`);
+    await this.popErrorScopes(what, remedy);
     if (!outcome.ok) throw outcome.error;
     return outcome.value;
   }
 
-  /** Releases the device. */
+  /** Opens validation and out-of-memory error scopes; {@linkcode popErrorScopes} closes them. */
+  pushErrorScopes(): void {
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+  }
+
+  /**
+   * Closes the scopes {@linkcode pushErrorScopes} opened and throws what they
+   * caught, or the device's failure, naming `what` failed (and the `remedy`
+   * for running out of memory).
+   */
+  async popErrorScopes(what: string, remedy?: string): Promise<void> {
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    if (oom) {
+      throw new Error(
+        `${what}: the GPU is out of memory (${oom.message})${remedy ? `; ${remedy}` : ""}`,
+      );
+    }
+    if (validation) throw new Error(`${what}: WebGPU validation failed: ${validation.message}`);
+    if (this.#failure) throw new Error(`${what}: ${this.#failure.message}`);
+  }
+
+  /** Releases the device (not a failure: `failure` stays null). */
   destroy(): void {
+    this.#destroyed = true;
     this.device.destroy();
   }
 }
