@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "./engine/engine.ts";
 import { formatProfile } from "./engine/gpu/profile.ts";
@@ -604,11 +604,6 @@ async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
   try {
     // Everything that needs no model first: a real model takes seconds to minutes to load.
     await preflightBatch(cmd.batch);
-    const metrics = cmd.metricsPort === undefined ? undefined : new BatchMetrics();
-    if (metrics !== undefined) {
-      metricsServer = metrics.serve(cmd.metricsPort!);
-      log.info(`metrics at ${metricsServer.url}`, { event: "metrics", url: metricsServer.url });
-    }
     if (cmd.batch.shard !== undefined) {
       const { index, count } = cmd.batch.shard;
       log.info(
@@ -627,6 +622,13 @@ async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
       log,
     });
     const servedModelName = cmd.engine.servedModelName ?? model.name;
+    const metrics = cmd.metricsPort === undefined ? undefined : new BatchMetrics();
+    if (metrics !== undefined) {
+      // Served from before the weights load; every series names the model, as vLLM's do.
+      metrics.setModelName(servedModelName ?? basename(resolve(model.dir)));
+      metricsServer = metrics.serve(cmd.metricsPort!);
+      log.info(`metrics at ${metricsServer.url}`, { event: "metrics", url: metricsServer.url });
+    }
     const showLoad = progressLine(log);
     const backend = cmd.batch.validateOnly
       ? await ApiBackend.forValidation(model.dir, servedModelName)

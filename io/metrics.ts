@@ -2,6 +2,7 @@
  * Prometheus metrics of a running batch, served as text on 127.0.0.1 (prom-client
  * builds the exposition format). Names follow vLLM's with `vllm:` swapped for
  * `batchwright:` where vLLM has the metric; the rest are batchwright's own.
+ * Every series carries `model_name`, as vLLM's do.
  *
  * | metric | vLLM name | what |
  * |---|---|---|
@@ -164,6 +165,11 @@ export class BatchMetrics {
         this.inc(value());
       },
     });
+  }
+
+  /** Labels every series with the served model's name, as vLLM does (`model_name="..."`). */
+  setModelName(name: string): void {
+    this.registry.setDefaultLabels({ model_name: name });
   }
 
   /** Reads gauges and engine totals from `engine` from now on. */

@@ -24,14 +24,20 @@ async function writeInput(dir: string, n: number, maxTokens: number): Promise<st
   return input;
 }
 
-/** Parses the exposition text into `name{labels}` → value, checking each sample line's shape. */
+/**
+ * Parses the exposition text into `name{labels}` → value (the model_name label
+ * left out of the key), checking each sample line's shape and its model_name.
+ */
 function samples(text: string): Map<string, number> {
   const out = new Map<string, number>();
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("#")) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (-?[0-9.e+-]+|NaN|\+Inf)$/.exec(line);
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\} (-?[0-9.e+-]+|NaN|\+Inf)$/.exec(line);
     assert(m, `a valid sample line: ${line}`);
-    out.set(m[1]!, Number(m[2]));
+    const labels = m[2]!.split(",").filter((l) => l !== "");
+    assert(labels.includes('model_name="ernie-tiny"'), `labelled with the model: ${line}`);
+    const rest = labels.filter((l) => !l.startsWith("model_name="));
+    out.set(rest.length === 0 ? m[1]! : `${m[1]}{${rest.join(",")}}`, Number(m[3]));
   }
   return out;
 }
