@@ -82,7 +82,7 @@ Deno.test({
     const text = await response.text();
     first ||= text;
     scrapes.push(samples(text));
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 25));
   }
   assertEquals((await child.status).code, 0, watch.text());
   await watch.done;
