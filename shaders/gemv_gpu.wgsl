@@ -71,6 +71,14 @@ fn w_chunk(n: u32, c: u32) -> vec4<f32> {
   return v;
 }
 
+// acc + x · w over one chunk, element by element in k order (same as matmul_gpu.wgsl).
+fn fma_chunk(xv: vec4<f32>, wv: vec4<f32>, acc: f32) -> f32 {
+  var s = fma(xv.x, wv.x, acc);
+  s = fma(xv.y, wv.y, s);
+  s = fma(xv.z, wv.z, s);
+  return fma(xv.w, wv.w, s);
+}
+
 // The fixed tree over the LANES = 8 lane sums (same as matmul_gpu.wgsl).
 fn tree8(p0: f32, p1: f32, p2: f32, p3: f32, p4: f32, p5: f32, p6: f32, p7: f32) -> f32 {
   return ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
@@ -90,14 +98,24 @@ fn main(
   let wn = min(n, N - 1u);  // rows past the edge read the last one and are not written
   let chunks = (K + 3u) / 4u;
   var acc = 0.0;
-  for (var c = lane; c < chunks; c += LANES) {
-    let xv = x_chunk(m, c);
-    let wv = w_chunk(wn, c);
-    acc = fma(xv.x, wv.x, acc);
-    acc = fma(xv.y, wv.y, acc);
-    acc = fma(xv.z, wv.z, acc);
-    acc = fma(xv.w, wv.w, acc);
+  var c = lane;
+  // Four of this lane's chunks per iteration, all loads issued before the fmas (which
+  // keep the chunk order), so each invocation has several loads in flight.
+  for (; c + 3u * LANES < chunks; c += 4u * LANES) {
+    let x0 = x_chunk(m, c);
+    let w0 = w_chunk(wn, c);
+    let x1 = x_chunk(m, c + LANES);
+    let w1 = w_chunk(wn, c + LANES);
+    let x2 = x_chunk(m, c + 2u * LANES);
+    let w2 = w_chunk(wn, c + 2u * LANES);
+    let x3 = x_chunk(m, c + 3u * LANES);
+    let w3 = w_chunk(wn, c + 3u * LANES);
+    acc = fma_chunk(x0, w0, acc);
+    acc = fma_chunk(x1, w1, acc);
+    acc = fma_chunk(x2, w2, acc);
+    acc = fma_chunk(x3, w3, acc);
   }
+  for (; c < chunks; c += LANES) { acc = fma_chunk(x_chunk(m, c), w_chunk(wn, c), acc); }
   partial[li] = acc;
   workgroupBarrier();
   if (lane != 0u || n >= N) { return; }

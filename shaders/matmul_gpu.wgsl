@@ -89,6 +89,14 @@ fn w_chunk(n: u32, c: u32) -> vec4<f32> {
   return v;
 }
 
+// acc + x · w over one chunk, element by element in k order (same as gemv_gpu.wgsl).
+fn fma_chunk(xv: vec4<f32>, wv: vec4<f32>, acc: f32) -> f32 {
+  var s = fma(xv.x, wv.x, acc);
+  s = fma(xv.y, wv.y, s);
+  s = fma(xv.z, wv.z, s);
+  return fma(xv.w, wv.w, s);
+}
+
 // The fixed tree over the LANES = 8 lane sums (same as gemv_gpu.wgsl).
 fn tree8(p0: f32, p1: f32, p2: f32, p3: f32, p4: f32, p5: f32, p6: f32, p7: f32) -> f32 {
   return ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
@@ -129,14 +137,7 @@ fn main(
       for (var j = 0u; j < TN; j++) { wv[j] = ws[(pn + PN * j) * LANES + lane]; }
       for (var i = 0u; i < TM; i++) {
         let xv = xs[(pm + PM * i) * LANES + lane];
-        for (var j = 0u; j < TN; j++) {
-          var s = acc[i][j];
-          s = fma(xv.x, wv[j].x, s);
-          s = fma(xv.y, wv[j].y, s);
-          s = fma(xv.z, wv[j].z, s);
-          s = fma(xv.w, wv[j].w, s);
-          acc[i][j] = s;
-        }
+        for (var j = 0u; j < TN; j++) { acc[i][j] = fma_chunk(xv, wv[j], acc[i][j]); }
       }
     }
     workgroupBarrier();
