@@ -10,13 +10,18 @@ import { parseArgs } from "node:util";
 import { Engine, type EngineOptions } from "./engine/engine.ts";
 import { formatProfile } from "./engine/gpu/profile.ts";
 import { ApiBackend } from "./api/backend.ts";
-import { formatSummary, runBatch, type RunBatchOptions } from "./io/run_batch.ts";
-import type { ProgressState } from "./io/progress.ts";
+import {
+  type BatchSummary,
+  formatSummary,
+  runBatch,
+  type RunBatchOptions,
+} from "./io/run_batch.ts";
+import type { ProgressOptions } from "./io/progress.ts";
 import { downloadModel, formatProgress, parseModelRef } from "./engine/loader/hub.ts";
 import { preflightBatch } from "./io/preflight.ts";
 import { parseShard, ShardError, shardPath } from "./io/shard.ts";
 import type { Shard } from "./io/run_batch.ts";
-import { createLogger, LOG_LEVELS, type Logger, type LogLevel } from "./io/log.ts";
+import { createLogger, LOG_LEVELS, type LogFields, type Logger, type LogLevel } from "./io/log.ts";
 import { BatchMetrics, type MetricsServer } from "./io/metrics.ts";
 import { mergeOutputs } from "./io/merge.ts";
 import denoJson from "./deno.json" with { type: "json" };
@@ -569,29 +574,73 @@ export async function main(args: readonly string[]): Promise<number> {
   return await runBatchMain(cmd);
 }
 
+/** Progress for `--log-format json`: one `progress` event per report, with the counters. */
+function jsonProgress(log: Logger, quiet: boolean): ProgressOptions {
+  return {
+    quiet,
+    sink: {
+      report: (line, state, elapsedMs) =>
+        log.info(line, {
+          event: "progress",
+          done: state.done,
+          total: state.total,
+          failed: state.failed,
+          completion_tokens: state.completionTokens,
+          elapsed_s: elapsedMs / 1000,
+        }),
+      log: (message) => log.info(message),
+    },
+  };
+}
+
+/** The line (and `engine` event) saying what the engine runs on. */
+function engineEvent(engine: Engine): [string, LogFields] {
+  const o = engine.runner.options;
+  const kvMiB = Math.round(engine.runner.kvBytes / 2 ** 20);
+  return [
+    `${engine.modelName} on ${engine.runner.description}; ` +
+    `max ${o.maxNumSeqs} seqs × ${o.maxNumBatchedTokens} tokens/step, ` +
+    `KV cache ${o.numBlocks} blocks of ${o.blockSize} (${kvMiB} MiB), context ${engine.maxModelLen}`,
+    {
+      event: "engine",
+      model: engine.modelName,
+      device: engine.runner.description,
+      max_num_seqs: o.maxNumSeqs,
+      max_num_batched_tokens: o.maxNumBatchedTokens,
+      kv_blocks: o.numBlocks,
+      block_size: o.blockSize,
+      max_model_len: engine.maxModelLen,
+    },
+  ];
+}
+
+/** The `summary` event's fields: the batch's counts in snake_case, as collectors expect. */
+function summaryFields(s: BatchSummary): LogFields {
+  return {
+    event: "summary",
+    batch_id: s.id,
+    status: s.status,
+    total: s.total,
+    succeeded: s.succeeded,
+    failed: s.failed,
+    cancelled: s.cancelled,
+    resumed: s.resumed,
+    skipped: s.skipped,
+    prompt_tokens: s.promptTokens,
+    completion_tokens: s.completionTokens,
+    elapsed_s: s.elapsedMs / 1000,
+    output: s.outputPath,
+    error: s.error,
+  };
+}
+
 /** `run-batch`: checks, loads the model, runs the batch; returns the exit status. */
 async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
   // Mesa warns on every start when this is unset.
   if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
   const log = createLogger(cmd.log);
   const quiet = cmd.batch.progress?.quiet === true;
-  const progress = log.format === "json"
-    ? {
-      quiet,
-      sink: {
-        report: (line: string, state: Readonly<ProgressState>, elapsedMs: number) =>
-          log.info(line, {
-            event: "progress",
-            done: state.done,
-            total: state.total,
-            failed: state.failed,
-            completion_tokens: state.completionTokens,
-            elapsed_s: elapsedMs / 1000,
-          }),
-        log: (message: string) => log.info(message),
-      },
-    }
-    : cmd.batch.progress;
+  const progress = log.format === "json" ? jsonProgress(log, quiet) : cmd.batch.progress;
   const cancel = new AbortController();
   const onSignal = () => {
     log.warn("cancelling: finishing in-flight requests…");
@@ -647,25 +696,7 @@ async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
       );
     if (engine) {
       metrics?.attachEngine(engine);
-      const o = engine.runner.options;
-      const kvMiB = Math.round(engine.runner.kvBytes / 2 ** 20);
-      if (!quiet) {
-        log.info(
-          `${engine.modelName} on ${engine.runner.description}; ` +
-            `max ${o.maxNumSeqs} seqs × ${o.maxNumBatchedTokens} tokens/step, ` +
-            `KV cache ${o.numBlocks} blocks of ${o.blockSize} (${kvMiB} MiB), context ${engine.maxModelLen}`,
-          {
-            event: "engine",
-            model: engine.modelName,
-            device: engine.runner.description,
-            max_num_seqs: o.maxNumSeqs,
-            max_num_batched_tokens: o.maxNumBatchedTokens,
-            kv_blocks: o.numBlocks,
-            block_size: o.blockSize,
-            max_model_len: engine.maxModelLen,
-          },
-        );
-      }
+      if (!quiet) log.info(...engineEvent(engine));
     }
     const summary = await runBatch({
       ...cmd.batch,
@@ -674,25 +705,10 @@ async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
       signal: cancel.signal,
       onAnswer: metrics && ((kind) => metrics.countAnswer(kind)),
     });
-    const { id, status, total, succeeded, failed, cancelled, resumed, skipped } = summary;
+    const { status, failed } = summary;
     const level = status === "completed" || status === "validated" ? "info" : "warn";
     // Printed even with -q: it is the run's one-line result (--log-level warn hides a success).
-    log.log(level, formatSummary(summary), {
-      event: "summary",
-      batch_id: id,
-      status,
-      total,
-      succeeded,
-      failed,
-      cancelled,
-      resumed,
-      skipped,
-      prompt_tokens: summary.promptTokens,
-      completion_tokens: summary.completionTokens,
-      elapsed_s: summary.elapsedMs / 1000,
-      output: summary.outputPath,
-      error: summary.error,
-    });
+    log.log(level, formatSummary(summary), summaryFields(summary));
     const profile = engine?.kernelProfile();
     if (profile) log.log("info", formatProfile(profile), { event: "profile" });
     if (status === "cancelled") return 130;
