@@ -114,7 +114,8 @@ Deno.test({
   child.kill("SIGKILL");
   await child.status;
   const killed = await lines(`${p1}.partial`);
-  assert(killed.length >= 1 && killed.length < 7, `killed part-way (${killed.length} lines)`);
+  // Part-way however many answers a loaded machine let through before the kill landed.
+  assert(killed.length >= 1 && killed.length < 16, `killed part-way (${killed.length} of 16)`);
   // Unfinished, it does not merge: merge names what is missing.
   const early = await runCli([
     "merge",
