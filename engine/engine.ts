@@ -103,6 +103,8 @@ export interface StepReport {
 interface BackendChoice {
   readonly limits: BackendLimits;
   create(shape: ModelShape, source: WeightSource, options: RunnerOptions): Promise<Runner>;
+  /** Releases what opening took (a device the engine opened) when loading fails. */
+  abandon(): void;
 }
 
 /** Opens the backend the options ask for and states its limits. */
@@ -111,9 +113,12 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
     return {
       limits: wasmLimits(shape),
       create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
+      abandon: () => {},
     };
   }
   const vocabSize = shape.vocabSize;
+  // A device the engine opens is the engine's: its runner destroys it last on close.
+  const owned = options.gpu === undefined;
   const gpu = options.gpu ?? await Gpu.open();
   return {
     limits: {
@@ -125,7 +130,11 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
       ModelRunner.create(gpu, shape, source, o, {
         kernels: options.kernels,
         profile: options.profile,
+        ownsDevice: owned,
       }),
+    abandon: () => {
+      if (owned) gpu.destroy();
+    },
   };
 }
 
@@ -222,6 +231,23 @@ export class Engine {
     const generation = await loadGenerationConfig(dir);
     const tokenizer = await ModelTokenizer.load(dir);
     const backend = await openBackend(options, config);
+    try {
+      return await Engine.#loadOn(backend, dir, options, config, generation, tokenizer);
+    } catch (e) {
+      backend.abandon();
+      throw e;
+    }
+  }
+
+  /** The rest of {@linkcode Engine.load}, once the backend is open. */
+  static async #loadOn(
+    backend: BackendChoice,
+    dir: string,
+    options: EngineOptions,
+    config: ModelConfig,
+    generation: GenerationConfig,
+    tokenizer: ModelTokenizer,
+  ): Promise<Engine> {
     const limits = backend.limits;
     const blockSize = options.blockSize ?? 16;
     const maxNumBatchedTokens = options.maxNumBatchedTokens ?? 512;
@@ -587,7 +613,7 @@ export class Engine {
     );
   }
 
-  /** Waits for the running work, then releases the GPU buffers. */
+  /** Waits for the running work, then releases the backend: its buffers, then a device it opened. */
   async close(): Promise<void> {
     this.#closed = true;
     await this.#loop;

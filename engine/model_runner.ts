@@ -30,12 +30,15 @@ export interface WebGpuRunnerOptions {
   readonly kernels?: KernelChoice;
   /** Time every kernel of every step (engine/gpu/profile.ts); steps run one pass per kernel. */
   readonly profile?: boolean;
+  /** `destroy()` also destroys the device, last (the engine opened it for this runner). */
+  readonly ownsDevice?: boolean;
 }
 
 /** The model on the GPU with its step buffers and KV pool. */
 export class ModelRunner implements Runner {
   readonly #staging: GPUBuffer;
   #profiler?: KernelProfiler;
+  #ownsDevice = false;
   readonly description: string;
   readonly weightBytes: number;
 
@@ -163,6 +166,7 @@ export class ModelRunner implements Runner {
       2 * slotBytes * shape.numLayers,
       kernels,
     );
+    runner.#ownsDevice = webgpu.ownsDevice === true;
     if (webgpu.profile) {
       const passes = plan.body.length + plan.logits.length + plan.argmax.length;
       runner.#profiler = new KernelProfiler(gpu, passes);
@@ -290,7 +294,7 @@ export class ModelRunner implements Runner {
     this.#profiler?.reset();
   }
 
-  /** Frees the GPU buffers (weights, KV pool, step buffers). */
+  /** Frees the GPU buffers (weights, KV pool, step buffers), then the device if it owns it. */
   destroy(): void {
     this.#profiler?.destroy();
     const w = this.weights;
@@ -301,5 +305,7 @@ export class ModelRunner implements Runner {
       else (v as GPUBuffer).destroy();
     }
     this.#staging.destroy();
+    // The device last, when nothing made on it is left.
+    if (this.#ownsDevice) this.gpu.destroy();
   }
 }

@@ -25,6 +25,11 @@ const required = Deno.env.get(REQUIRE_GPU_ENV) === "1";
 const missing = `No WebGPU adapter opened, but ${REQUIRE_GPU_ENV}=1 says one must exist: ` +
   opened.reason;
 if (!opened.gpu) console.error(required ? missing : `GPU tests skipped: ${opened.reason}`);
+// The shared device goes once every test of the file ran (each test frees its
+// own buffers), so the process never exits with a live device.
+Deno.test.afterAll(() => {
+  opened.gpu?.destroy();
+});
 
 /** Whether this machine has a WebGPU adapter. */
 export const hasGpu: boolean = opened.gpu !== null;

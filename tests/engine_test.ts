@@ -243,3 +243,25 @@ gpuTest("the KV pool never exceeds --kv-cache-memory, and uses most of it", asyn
     await engine.close();
   }
 });
+
+gpuTest(
+  "close() destroys a device the engine opened, last, and leaves a given one alone",
+  async (gpu) => {
+    const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 3, ignoreEos: true };
+    const own = await Engine.load(MODEL, {}); // opens its own device
+    await own.generate({ id: "a", promptIds: [300, 301], sampling });
+    const device = (own.runner as ModelRunner).gpu;
+    await own.close();
+    assertEquals((await device.device.lost).reason, "destroyed");
+    assertEquals(device.failure, null, "closing is not a failure");
+
+    const shared = await Engine.load(MODEL, { gpu });
+    await shared.generate({ id: "b", promptIds: [300, 301], sampling });
+    await shared.close();
+    const lost = await Promise.race([
+      gpu.device.lost.then(() => true),
+      new Promise((r) => setTimeout(() => r(false), 50)),
+    ]);
+    assertEquals(lost, false, "the caller's device is the caller's to destroy");
+  },
+);

@@ -255,6 +255,8 @@ export class Gpu {
   /** Releases the device (not a failure: `failure` stays null). */
   destroy(): void {
     this.#destroyed = true;
+    this.#pipelines.clear();
+    this.#modules.clear();
     this.device.destroy();
   }
 }
