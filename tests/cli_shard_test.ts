@@ -188,3 +188,39 @@ Deno.test("--shard takes K/N or auto from a Kubernetes Indexed Job or a Slurm ar
   assertMatch(bad.stderr, /shard index 3 is not below the shard count 3/);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("merge: usage errors exit 2, a repeated custom_id is one line and exit 1", async () => {
+  const dir = await Deno.makeTempDir();
+  const none = await runCli(["merge", "-o", join(dir, "out.jsonl")]);
+  assertEquals(none.code, 2);
+  assertMatch(none.stderr, /no shard outputs to merge/);
+  const noOut = await runCli(["merge", join(dir, "a.jsonl")]);
+  assertEquals(noOut.code, 2);
+  assertMatch(noOut.stderr, /missing -o OUTPUT/);
+  const help = await runCli(["merge", "--help"]);
+  assertEquals(help.code, 0);
+  assertMatch(help.stdout, /--input PATH/);
+  const line = JSON.stringify({
+    id: "batch_req_1",
+    custom_id: "x",
+    response: { status_code: 200, request_id: "r", body: {} },
+    error: null,
+  });
+  await Deno.writeTextFile(join(dir, "a.jsonl"), line + "\n");
+  await Deno.writeTextFile(join(dir, "b.jsonl"), line + "\n");
+  const twice = await runCli([
+    "merge",
+    "-o",
+    join(dir, "out.jsonl"),
+    join(dir, "a.jsonl"),
+    join(dir, "b.jsonl"),
+  ]);
+  assertEquals(twice.code, 1);
+  assertEquals(twice.stderr.trim().split("\n").length, 1);
+  assertMatch(
+    twice.stderr,
+    /^error: custom_id "x" appears twice: in ".*a\.jsonl" line 1 and ".*b\.jsonl" line 1/,
+  );
+  assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["a.jsonl", "b.jsonl"]);
+  await Deno.remove(dir, { recursive: true });
+});
