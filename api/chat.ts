@@ -20,6 +20,7 @@ import {
   parseBody,
   samplingFields,
 } from "./common.ts";
+import { responseFormatField, toResponseFormat } from "./response_format.ts";
 
 const textPart = z.object({ type: z.literal("text"), text: z.string() });
 
@@ -37,7 +38,7 @@ export const chatRequestSchema = z.object({
   max_completion_tokens: z.int().min(1).nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.int().min(0).max(20).nullish(),
-  response_format: z.object({ type: z.string() }).nullish(),
+  response_format: responseFormatField,
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
   add_generation_prompt: z.boolean().nullish(),
 });
@@ -70,20 +71,13 @@ export interface ChatCompletion {
 
 /**
  * Validates a chat body without tokenizing it: schema, model, stream,
- * response_format, top_logprobs. Throws {@linkcode RequestError}.
+ * response_format (its JSON schema included), top_logprobs. Throws {@linkcode RequestError}.
  */
 export function validateChat(body: unknown, engine: EngineLike): ChatRequest {
   const req = parseBody(chatRequestSchema, body);
   checkNoStream(req.stream);
   checkModel(req.model, engine);
-  if (req.response_format && req.response_format.type !== "text") {
-    throw new RequestError(
-      `response_format: type "${req.response_format.type}" is not supported (only "text")`,
-      400,
-      "response_format",
-      "invalid_value",
-    );
-  }
+  toResponseFormat(req.response_format, req);
   if ((req.top_logprobs ?? 0) > 0 && req.logprobs !== true) {
     throw new RequestError(
       "top_logprobs: requires logprobs to be true",
@@ -109,7 +103,8 @@ export function toTemplateMessages(req: ChatRequest): ChatMessage[] {
  * @example
  * ```ts
  * import { runChat } from "./chat.ts";
- * declare const engine: import("./common.ts").EngineLike;
+ * import { Engine } from "../engine/engine.ts";
+ * await using engine = await Engine.load("models/ernie-tiny");
  * const body = await runChat(engine, { messages: [{ role: "user", content: "hi" }] }, { requestId: "r1" });
  * ```
  */
@@ -142,6 +137,7 @@ export async function runChat(
     logprobs,
     topLogprobs: logprobs ? req.top_logprobs ?? 0 : 0,
     truncateMaxTokens: ctx.truncateMaxTokens,
+    responseFormat: toResponseFormat(req.response_format, req),
   });
   const n = req.n ?? 1;
   const results = await generateChoices(

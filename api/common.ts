@@ -13,6 +13,7 @@ import {
   type GenerateRequest,
   type GenerateResult,
   RequestError,
+  type ResponseFormat,
   type SamplingParams,
 } from "../engine/types.ts";
 import type { ModelTokenizer } from "../engine/loader/tokenizer.ts";
@@ -150,6 +151,8 @@ export interface SamplingSetup {
   readonly topLogprobs: number;
   /** Cap an explicit max that does not fit the context (else: 400 context_length_exceeded). */
   readonly truncateMaxTokens?: boolean;
+  /** Constrain the answer to JSON (from the body's response_format, already checked). */
+  readonly responseFormat?: ResponseFormat;
 }
 
 /**
@@ -235,6 +238,7 @@ export function buildSampling(f: SamplingFields, s: SamplingSetup): SamplingPara
     logitBias,
     logprobs: s.logprobs,
     topLogprobs: s.topLogprobs,
+    ...(s.responseFormat === undefined ? {} : { responseFormat: s.responseFormat }),
   };
 }
 

@@ -22,6 +22,7 @@ import {
   samplingFields,
 } from "./common.ts";
 import { finite } from "./chat.ts";
+import { responseFormatField, toResponseFormat } from "./response_format.ts";
 
 const tokenIds = z.array(z.int().min(0)).min(1);
 
@@ -35,6 +36,7 @@ export const completionRequestSchema = z.object({
   suffix: z.string().nullish(),
   logprobs: z.int().min(0).max(5).nullish(),
   best_of: z.int().min(1).nullish(),
+  response_format: responseFormatField,
 });
 
 /** A parsed completions body. */
@@ -82,6 +84,7 @@ export function validateCompletion(body: unknown, engine: EngineLike): Completio
       "invalid_value",
     );
   }
+  toResponseFormat(req.response_format, req);
   return req;
 }
 
@@ -98,7 +101,8 @@ function promptList(prompt: CompletionRequest["prompt"]): (string | number[])[] 
  * @example
  * ```ts
  * import { runCompletion } from "./completions.ts";
- * declare const engine: import("./common.ts").EngineLike;
+ * import { Engine } from "../engine/engine.ts";
+ * await using engine = await Engine.load("models/ernie-tiny");
  * const body = await runCompletion(engine, { prompt: ["a", "b"], n: 2 }, { requestId: "r1" });
  * body.choices.map((c) => c.index); // [0, 1, 2, 3]: prompt 0's two choices, then prompt 1's
  * ```
@@ -110,6 +114,7 @@ export async function runCompletion(
 ): Promise<TextCompletion> {
   const req = validateCompletion(body, engine);
   const tok = engine.tokenizer;
+  const responseFormat = toResponseFormat(req.response_format, req);
   const prompts = promptList(req.prompt).map((p, i) => {
     const param = `prompt[${i}]`;
     const ids = typeof p === "string" ? tok.encode(p, { addSpecialTokens: true }) : p;
@@ -126,6 +131,7 @@ export async function runCompletion(
       logprobs: req.logprobs !== undefined && req.logprobs !== null,
       topLogprobs: req.logprobs ?? 0,
       truncateMaxTokens: ctx.truncateMaxTokens,
+      responseFormat,
     });
     const text = typeof p === "string" ? p : tok.decode(p, { skipSpecialTokens: false });
     return { ids, text, sampling };

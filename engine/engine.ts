@@ -25,6 +25,8 @@ import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { sample } from "./sampler.ts";
 import { OutputText } from "./detokenizer.ts";
+import { GrammarEngine, type GrammarStats, type TokenMatcher } from "./grammar.ts";
+import { SchemaError } from "./json_schema.ts";
 import {
   DEFAULT_SAMPLING,
   type EmbedRequest,
@@ -34,6 +36,7 @@ import {
   type GenerateRequest,
   type GenerateResult,
   RequestError,
+  type ResponseFormat,
   type StepLogprobs,
 } from "./types.ts";
 
@@ -157,6 +160,8 @@ interface SeqState {
   readonly logprobs: StepLogprobs[];
   readonly hiddenSum?: Float64Array;
   hiddenCount: number;
+  /** A response_format's matcher and this step's mask of allowed ids (engine/grammar.ts). */
+  readonly grammar?: { readonly matcher: TokenMatcher; readonly mask: Uint32Array };
 }
 
 const GIB = 1024 ** 3;
@@ -168,6 +173,10 @@ export class Engine {
   /** The same ids as a list, for the sampler's min_tokens mask. */
   readonly #eosList: readonly number[];
   #loop: Promise<void> | null = null;
+  /** Compiles response formats; created by the first constrained request. */
+  #grammars: Promise<GrammarEngine> | null = null;
+  /** Token masks computed for constrained requests, and the time they took. */
+  readonly grammarStats: GrammarStats = { compiled: 0, masks: 0, maskMs: 0 };
   #closed = false;
   /** Set when the backend failed: every request, waiting or new, fails with it. */
   #failure: EngineFailure | null = null;
@@ -357,7 +366,45 @@ export class Engine {
 
   /** Generates a completion for one prompt. */
   generate(req: GenerateRequest, signal?: AbortSignal): Promise<GenerateResult> {
+    const format = req.sampling.responseFormat;
+    if (format !== undefined) return this.#generateConstrained(req, format, signal);
     return this.#submit(req, "generate", signal) as Promise<GenerateResult>;
+  }
+
+  /** A request whose answer must follow `format`: a matcher first, then the queue. */
+  async #generateConstrained(
+    req: GenerateRequest,
+    format: ResponseFormat,
+    signal?: AbortSignal,
+  ): Promise<GenerateResult> {
+    const p = req.sampling;
+    if (p.ignoreEos || p.minTokens > 0 || p.stop.length > 0) {
+      throw new RequestError(
+        "response_format cannot be combined with stop, min_tokens or ignore_eos",
+        400,
+        "response_format",
+        "invalid_value",
+      );
+    }
+    this.#grammars ??= GrammarEngine.create(
+      this.tokenizer,
+      this.config.vocabSize,
+      this.#eosList,
+      this.grammarStats,
+    );
+    let matcher: TokenMatcher;
+    try {
+      matcher = await (await this.#grammars).matcher(format, p.stopTokenIds);
+    } catch (e) {
+      if (!(e instanceof SchemaError)) throw e;
+      throw new RequestError(`response_format: ${e.message}`, 400, "response_format");
+    }
+    const grammar = { matcher, mask: new Uint32Array(matcher.maskWords) };
+    try {
+      return await this.#submit(req, "generate", signal, grammar) as GenerateResult;
+    } finally {
+      matcher.dispose();
+    }
   }
 
   /** Computes a pooled embedding of one prompt. */
@@ -366,7 +413,12 @@ export class Engine {
     return this.#submit({ ...req, sampling }, "embed", signal) as Promise<EmbedResult>;
   }
 
-  #submit(req: GenerateRequest, kind: SeqState["kind"], signal?: AbortSignal): Promise<unknown> {
+  #submit(
+    req: GenerateRequest,
+    kind: SeqState["kind"],
+    signal?: AbortSignal,
+    grammar?: SeqState["grammar"],
+  ): Promise<unknown> {
     if (this.#closed) return Promise.reject(new Error("The engine is closed"));
     if (this.#failure) return Promise.reject(this.#failure);
     if (req.promptIds.length === 0) {
@@ -406,6 +458,7 @@ export class Engine {
         logprobs: [],
         hiddenSum: kind === "embed" ? new Float64Array(this.config.hiddenSize) : undefined,
         hiddenCount: 0,
+        grammar,
       };
       const seq = new Sequence<SeqState>(req, state);
       if (signal?.aborted) return reject(signal.reason);
@@ -467,9 +520,18 @@ export class Engine {
         ? "sample"
         : "none",
     }));
-    const result = await this.runner.step(seqs, wantLogits).catch((e) => {
-      throw this.#backendFailure(e);
-    });
+    const pending = this.runner.step(seqs, wantLogits).then(
+      (result) => ({ result }),
+      (error: unknown) => ({ error }),
+    );
+    // Constrained rows' masks are computed on the CPU while the step runs.
+    for (const { seq, sample } of items) {
+      const g = seq.state!.grammar;
+      if (sample && g !== undefined) await g.matcher.fillMask(g.mask);
+    }
+    const outcome = await pending;
+    if ("error" in outcome) throw this.#backendFailure(outcome.error);
+    const result = outcome.result;
     this.#scheduler.commit(batch);
     this.stats.steps++;
     this.stats.seqsInSteps += items.length;
@@ -506,6 +568,7 @@ export class Engine {
           );
           continue;
         }
+        st.grammar?.matcher.accept(id);
         this.#accept(seq, id);
       } else {
         const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
@@ -537,7 +600,8 @@ export class Engine {
     const p = seq.request.sampling;
     return p.temperature < 1e-5 && !p.logprobs && p.logitBias.size === 0 &&
       p.presencePenalty === 0 &&
-      p.frequencyPenalty === 0 && p.repetitionPenalty === 1 && seq.numOutputTokens >= p.minTokens;
+      p.frequencyPenalty === 0 && p.repetitionPenalty === 1 && seq.numOutputTokens >= p.minTokens &&
+      seq.state!.grammar === undefined;
   }
 
   #sample(seq: Sequence<SeqState>, logits: Float32Array): number {
@@ -550,6 +614,7 @@ export class Engine {
       params: p,
       rngKey: { seed: st.seed, step: seq.numOutputTokens },
       eosTokenIds: p.ignoreEos ? [] : this.#eosList,
+      allowed: st.grammar?.mask,
     });
     if (p.logprobs) {
       st.logprobs.push({ tokenId: r.tokenId, logprob: r.logprob ?? 0, top: r.top ?? [] });
@@ -617,6 +682,7 @@ export class Engine {
   async close(): Promise<void> {
     this.#closed = true;
     await this.#loop;
+    await (await this.#grammars?.catch(() => null))?.dispose();
     this.runner.destroy();
   }
 }

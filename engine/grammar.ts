@@ -145,6 +145,8 @@ function utf8Run(state: number, bytes: Uint8Array): number {
 
 /** Counters of mask work, for benchmarks. */
 export interface GrammarStats {
+  /** Distinct formats compiled. */
+  compiled: number;
   masks: number;
   maskMs: number;
 }
@@ -197,7 +199,7 @@ export class GrammarEngine {
     tokenizer: ModelTokenizer,
     vocabSize: number,
     stopTokenIds: readonly number[],
-    stats: GrammarStats = { masks: 0, maskMs: 0 },
+    stats: GrammarStats = { compiled: 0, masks: 0, maskMs: 0 },
   ): Promise<GrammarEngine> {
     const xg = await loadXgrammar();
     const alphabet = byteLevelAlphabet();
@@ -244,6 +246,7 @@ export class GrammarEngine {
       const ebnf = responseFormatGrammar(format);
       compiled = this.compiler.compileGrammar(ebnf, "root");
       this.#compiled.set(key, compiled);
+      this.stats.compiled++;
       compiled.catch(() => this.#compiled.delete(key));
     }
     const stops = [...new Set([...this.stopTokenIds, ...extraStopIds])];

@@ -34,6 +34,11 @@ export interface SampleContext {
   readonly rngKey: RngKey;
   /** End-of-sequence ids masked while fewer than `minTokens` were generated (with `params.stopTokenIds`). */
   readonly eosTokenIds?: readonly number[];
+  /**
+   * Constrained decoding: a bitset over the vocabulary (bit `id & 31` of word
+   * `id >> 5`); ids whose bit is clear are never picked (engine/grammar.ts).
+   */
+  readonly allowed?: Uint32Array;
 }
 
 /** The chosen token and, when asked for, its raw logprob and the top alternatives. */
@@ -79,6 +84,7 @@ export function sample(logits: Float32Array, ctx: SampleContext): SampleResult {
   const raw = logits.subarray(0, vocab);
   const p = ctx.params;
   const work = processLogits(raw, ctx);
+  if (ctx.allowed !== undefined) applyMask(work, ctx.allowed);
   if (work[argmax(work)]! === -Infinity) return { tokenId: NO_TOKEN };
 
   let tokenId: number;
@@ -131,6 +137,24 @@ function processLogits(raw: Float32Array, ctx: SampleContext): Float32Array {
     }
   }
   return work;
+}
+
+/** Sets the logits of ids outside the bitset `allowed` to -Infinity. */
+function applyMask(work: Float32Array, allowed: Uint32Array): void {
+  let any = false;
+  for (let w = 0; w * 32 < work.length; w++) {
+    const bits = allowed[w] ?? 0;
+    if (bits === 0xffffffff) {
+      any = true;
+      continue;
+    }
+    const end = Math.min(work.length, w * 32 + 32);
+    for (let i = w * 32; i < end; i++) {
+      if (((bits >>> (i & 31)) & 1) === 0) work[i] = -Infinity;
+      else any = true;
+    }
+  }
+  if (!any) throw new Error("Internal error: the token mask allows no token");
 }
 
 /** Index of the largest value; ties go to the lowest index; NaN never wins. */

@@ -9,7 +9,6 @@ import { assert, assertEquals } from "./_assert.ts";
 import { GrammarEngine } from "../engine/grammar.ts";
 import { ModelTokenizer } from "../engine/loader/tokenizer.ts";
 import { SchemaError, schemaToEbnf } from "../engine/json_schema.ts";
-import type { ResponseFormat } from "../engine/types.ts";
 import { toResponseFormat } from "../api/response_format.ts";
 import { RequestError } from "../engine/types.ts";
 import {
@@ -21,11 +20,10 @@ import {
   validatorFor,
 } from "./_grammar_walk.ts";
 import { buildVocab, BYTE_BASE, SPACE, tokenizerJson } from "../tools/_bpe.ts";
+import { CORPUS, schema } from "./_schema_corpus.ts";
 
 const tok = await ModelTokenizer.load("models/ernie-tiny");
 const grammars = await GrammarEngine.create(tok, 2240, tok.eosTokenIds);
-
-const schema = (s: unknown): ResponseFormat => ({ type: "json_schema", schema: s });
 
 /** The error `fn` throws, which must be a `type`. */
 function thrown<E extends Error>(fn: () => unknown, type: new (...a: never[]) => E): E {
@@ -37,114 +35,6 @@ function thrown<E extends Error>(fn: () => unknown, type: new (...a: never[]) =>
   }
   throw new Error(`expected ${type.name}, nothing was thrown`);
 }
-
-/** The schema corpus: one of each feature, and the mixes batch users send. */
-export const CORPUS: Record<string, ResponseFormat> = {
-  json_object: { type: "json_object" },
-  flat: schema({
-    type: "object",
-    properties: {
-      name: { type: "string", maxLength: 8 },
-      age: { type: "integer", minimum: 0, maximum: 120 },
-      ok: { type: "boolean" },
-      none: { type: "null" },
-    },
-    required: ["name", "age", "ok", "none"],
-    additionalProperties: false,
-  }),
-  optional: schema({
-    type: "object",
-    properties: {
-      a: { type: "boolean" },
-      b: { enum: ["x", "y", 3, null] },
-      c: { const: "fixed" },
-      d: { type: "integer", exclusiveMinimum: -5, exclusiveMaximum: 5 },
-    },
-    required: ["c"],
-  }),
-  nested: schema({
-    type: "object",
-    properties: {
-      user: {
-        type: "object",
-        properties: {
-          id: { type: "integer", minimum: 1, maximum: 99999 },
-          tags: { type: "array", items: { enum: ["a", "b", "c"] }, minItems: 1, maxItems: 3 },
-        },
-        required: ["id", "tags"],
-      },
-      score: { type: "number", minimum: 0, maximum: 1 },
-    },
-    required: ["user", "score"],
-  }),
-  arrays: schema({
-    type: "array",
-    items: { type: "array", items: { type: "boolean" }, minItems: 2, maxItems: 2 },
-    minItems: 1,
-    maxItems: 4,
-  }),
-  enums: schema({
-    type: "object",
-    properties: {
-      label: { enum: ["positive", "negative", "neutral"] },
-      confident: { type: "boolean" },
-      level: { enum: [1, 2, 3] },
-    },
-    required: ["label", "confident", "level"],
-  }),
-  bounded_numbers: schema({
-    type: "object",
-    properties: {
-      t: { type: "number", minimum: -2.5, maximum: 7.25 },
-      p: { type: "number", exclusiveMinimum: 0, exclusiveMaximum: 1 },
-      n: { type: "integer", minimum: -1000, maximum: -7 },
-      big: { type: "number", minimum: 100.5 },
-    },
-    required: ["t", "p", "n", "big"],
-  }),
-  strings: schema({
-    type: "object",
-    properties: {
-      short: { type: "string", minLength: 2, maxLength: 5 },
-      day: { type: "string", format: "date" },
-      at: { type: "string", format: "date-time" },
-      id: { type: "string", format: "uuid" },
-      ip: { type: "string", format: "ipv4" },
-      clock: { type: "string", format: "time" },
-    },
-    required: ["short", "day", "at", "id", "ip", "clock"],
-  }),
-  any_of: schema({
-    anyOf: [
-      {
-        type: "object",
-        properties: { kind: { const: "circle" }, r: { type: "number", minimum: 0 } },
-        required: ["kind", "r"],
-      },
-      {
-        type: "object",
-        properties: { kind: { const: "square" }, side: { type: "integer" } },
-        required: ["kind", "side"],
-      },
-      { type: ["string", "null"], maxLength: 3 },
-    ],
-  }),
-  refs: schema({
-    $defs: {
-      node: {
-        type: "object",
-        properties: {
-          v: { type: "integer", minimum: 0, maximum: 9 },
-          next: { anyOf: [{ $ref: "#/$defs/node" }, { type: "null" }] },
-        },
-        required: ["v", "next"],
-      },
-    },
-    $ref: "#/$defs/node",
-  }),
-  free_map: schema({ type: "object", additionalProperties: { type: "integer" } }),
-  any_value: schema({}),
-};
 
 for (const [name, format] of Object.entries(CORPUS)) {
   Deno.test(`random walks over "${name}" only stop on documents that parse and validate`, async () => {
