@@ -134,3 +134,20 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+gpuTest("an allocation that does not fit names what failed and the remedy", async (gpu) => {
+  const size = gpu.device.limits.maxBufferSize + 16;
+  const e = await rejection(
+    gpu.checked(
+      "Allocating the KV cache (9 blocks)",
+      () => gpu.device.createBuffer({ size, usage: GPUBufferUsage.STORAGE }),
+      "lower --kv-cache-memory",
+    ),
+    Error,
+  );
+  assert(
+    /^Allocating the KV cache \(9 blocks\): .*; lower --kv-cache-memory$/.test(e.message),
+    e.message,
+  );
+  assertEquals(gpu.failure, null, "a caught error is not the device's failure");
+});

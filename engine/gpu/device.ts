@@ -213,7 +213,7 @@ export class Gpu {
   /**
    * Runs `fn` inside validation and out-of-memory error scopes and throws what
    * they caught (or the device's failure), naming `what` failed and, when given,
-   * the `remedy` for running out of memory.
+   * the `remedy` (for an allocation: what to lower).
    */
   async checked<T>(what: string, fn: () => T | Promise<T>, remedy?: string): Promise<T> {
     this.pushErrorScopes();
@@ -237,8 +237,8 @@ export class Gpu {
 
   /**
    * Closes the scopes {@linkcode pushErrorScopes} opened and throws what they
-   * caught, or the device's failure, naming `what` failed (and the `remedy`
-   * for running out of memory).
+   * caught, or the device's failure, naming `what` failed and, when given,
+   * the `remedy` (for an allocation: what to lower).
    */
   async popErrorScopes(what: string, remedy?: string): Promise<void> {
     const validation = await this.device.popErrorScope();
@@ -248,7 +248,11 @@ export class Gpu {
         `${what}: the GPU is out of memory (${oom.message})${remedy ? `; ${remedy}` : ""}`,
       );
     }
-    if (validation) throw new Error(`${what}: WebGPU validation failed: ${validation.message}`);
+    if (validation) {
+      throw new Error(
+        `${what}: WebGPU validation failed: ${validation.message}${remedy ? `; ${remedy}` : ""}`,
+      );
+    }
     if (this.#failure) throw new Error(`${what}: ${this.#failure.message}`);
   }
 
