@@ -71,6 +71,25 @@ Deno.test("writeGguf writes metadata of every type and unaligned tensors at alig
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("writeGguf writes a header far past its first 64 KiB buffer (a 100k-token vocabulary)", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = join(dir, "big.gguf");
+  const tokens = Array.from({ length: 100_003 }, (_, i) => `tok${i}`);
+  const scores = Float32Array.from(tokens, (_, i) => -i);
+  const w = new Uint8Array(6).fill(7);
+  await writeGguf(path, {
+    "tokenizer.ggml.tokens": { type: "string[]", value: tokens },
+    "tokenizer.ggml.scores": { type: "f32[]", value: scores },
+    "after": { type: "u32", value: 123 },
+  }, [{ name: "w", type: "BF16", shape: [3], data: () => Promise.resolve(w) }]);
+  const r = await parse(path);
+  assertEquals(r.metadata["tokenizer.ggml.tokens"], tokens);
+  assertEquals(r.metadata["tokenizer.ggml.scores"], [...scores]);
+  assertEquals(r.metadata["after"], 123);
+  assertEquals(r.bytesOf("w", 6), w);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("writeGguf refuses a tensor whose bytes do not fit its shape, naming it", async () => {
   const dir = await Deno.makeTempDir();
   await assertRejects(

@@ -72,26 +72,33 @@ class ByteSink {
     this.length += n;
     return at;
   }
+  // Each reserves first: growing replaces #view, so it must be read after.
   u32(v: number) {
-    this.#view.setUint32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.#view.setUint32(at, v, true);
   }
   i32(v: number) {
-    this.#view.setInt32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.#view.setInt32(at, v, true);
   }
   f32(v: number) {
-    this.#view.setFloat32(this.#reserve(4), v, true);
+    const at = this.#reserve(4);
+    this.#view.setFloat32(at, v, true);
   }
   u64(v: number) {
-    this.#view.setBigUint64(this.#reserve(8), BigInt(v), true);
+    const at = this.#reserve(8);
+    this.#view.setBigUint64(at, BigInt(v), true);
   }
   u8(v: number) {
-    this.#view.setUint8(this.#reserve(1), v);
+    const at = this.#reserve(1);
+    this.#view.setUint8(at, v);
   }
   /** gguf_string_t: u64 byte length, then UTF-8 bytes without a terminator. */
   string(s: string) {
     const bytes = this.#enc.encode(s);
     this.u64(bytes.length);
-    this.#buf.set(bytes, this.#reserve(bytes.length));
+    const at = this.#reserve(bytes.length);
+    this.#buf.set(bytes, at);
   }
   pad(alignment: number) {
     this.#reserve((alignment - (this.length % alignment)) % alignment); // zero-filled
