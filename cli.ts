@@ -291,6 +291,23 @@ const FLAGS: readonly Flag[] = [
   { name: "version", group: "operations", type: "boolean", help: "print the version and exit" },
 ];
 
+const HELP_WIDTH = 100;
+/** Where flag descriptions start. */
+const HELP_INDENT = 45;
+
+/** Splits text into lines of at most `width` characters at spaces (a longer word stays whole). */
+function _wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line !== "" && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line === "" ? word : `${line} ${word}`;
+  }
+  return [...lines, line];
+}
+
 /** `batchwright 0.1.0 (deno 2.9.6)`. */
 export function versionText(): string {
   return `batchwright ${denoJson.version} (deno ${Deno.version.deno})`;
@@ -310,7 +327,9 @@ export function usage(): string {
       const value = f.value ? ` ${f.value}` : "";
       const names = `${f.short ? `-${f.short}, ` : "    "}--${f.name}${value}`;
       const def = f.default !== undefined ? ` (default: ${f.default})` : "";
-      lines.push(`  ${names.padEnd(42)} ${f.help}${def}`);
+      const [first = "", ...more] = _wrap(`${f.help}${def}`, HELP_WIDTH - HELP_INDENT);
+      lines.push(`  ${names.padEnd(HELP_INDENT - 3)} ${first}`);
+      for (const line of more) lines.push(`${" ".repeat(HELP_INDENT)}${line}`);
     }
   }
   lines.push(
