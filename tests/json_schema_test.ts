@@ -6,7 +6,7 @@
  * keywords are errors that name them.
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { GrammarEngine } from "../engine/grammar.ts";
+import { GrammarEngine, maskAllows } from "../engine/grammar.ts";
 import { ModelTokenizer } from "../engine/loader/tokenizer.ts";
 import { SchemaError, schemaToEbnf } from "../engine/json_schema.ts";
 import { toResponseFormat } from "../api/response_format.ts";
@@ -81,6 +81,21 @@ Deno.test("documents spelled in byte-fallback pieces are accepted, and end only 
   ) {
     const ids = [quote, ...bad.map((b) => BYTE_BASE + b), quote];
     assert(!(await acceptsDocument(grammars, s, ids)), `accepted bytes ${bad}`);
+  }
+  // And the masks never offer them: after `"` no stray continuation byte or C0; after E0 only A0..BF.
+  const m = await grammars.matcher(s);
+  try {
+    const mask = new Uint32Array(grammars.maskWords);
+    m.accept(quote);
+    await m.fillMask(mask);
+    assert(!maskAllows(mask, BYTE_BASE + 0x91) && !maskAllows(mask, BYTE_BASE + 0xc0));
+    assert(maskAllows(mask, BYTE_BASE + 0xc3) && maskAllows(mask, BYTE_BASE + 0xe0));
+    m.accept(BYTE_BASE + 0xe0);
+    await m.fillMask(mask);
+    assert(!maskAllows(mask, BYTE_BASE + 0x80) && !maskAllows(mask, quote));
+    assert(maskAllows(mask, BYTE_BASE + 0xa0));
+  } finally {
+    m.dispose();
   }
   assert(
     await acceptsDocument(

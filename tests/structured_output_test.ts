@@ -79,9 +79,9 @@ for (const [name, format] of Object.entries(CORPUS)) {
           response_format: field(format),
         }),
       ];
-      const results = await Promise.all(
-        bodies.map((b) => backend.run(CHAT, b, ctx()) as Promise<ChatCompletion>),
-      );
+      // One at a time: a greedy request alone must not take the engine's GPU-argmax path.
+      const results: ChatCompletion[] = [];
+      for (const b of bodies) results.push(await backend.run(CHAT, b, ctx()) as ChatCompletion);
       let stopped = 0;
       for (const choice of results.flatMap((r) => r.choices)) {
         const text = choice.message.content;
