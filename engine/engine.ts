@@ -332,6 +332,11 @@ export class Engine {
     return this.runner.kernelProfile?.();
   }
 
+  /** Forgets the kernel profile so far, for example after warm-up steps. */
+  resetKernelProfile(): void {
+    this.runner.resetProfile?.();
+  }
+
   /** Ids whose logits are real tokens (the rest of the embedding is padding). */
   get validVocab(): number {
     return this.runner.options.validVocab;

@@ -75,6 +75,8 @@ export interface Runner {
   step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult>;
   /** Per-kernel time so far, when the backend was asked to profile (engine/gpu/profile.ts). */
   kernelProfile?(): KernelProfile | undefined;
+  /** Forgets the profile so far. */
+  resetProfile?(): void;
   /** Releases the weights, the KV pool and the step buffers. */
   destroy(): void;
 }

@@ -120,9 +120,11 @@ gpuTest("an engine loaded with profile: true reports its kernels after generatin
   const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 3, ignoreEos: true };
   await engine.generate({ id: "a", promptIds: [5, 6, 7, 8], sampling });
   const p = engine.kernelProfile()!;
-  await engine.close();
   assertEquals(p.steps, 3);
   assert(stat(p, "gemv")!.calls > 0 && stat(p, "argmax")!.calls === 3, formatProfile(p));
+  engine.resetKernelProfile();
+  assertEquals(engine.kernelProfile()!.kernels.length, 0);
+  await engine.close();
   const plain = await Engine.load(MODEL, { gpu });
   assertEquals(plain.kernelProfile(), undefined);
   await plain.close();
