@@ -16,6 +16,7 @@ import {
 } from "../io/batch_stages.ts";
 import type { OutputSink } from "../io/writer.ts";
 import { preflightBatch } from "../io/preflight.ts";
+import { describeFsError } from "../io/reader.ts";
 import { RequestError } from "../engine/types.ts";
 
 const backend: BatchBackend = {
@@ -226,4 +227,20 @@ Deno.test("preflightBatch creates missing output, error-file and summary folders
     assertEquals([...Deno.readDirSync(join(dir, folder))].length, 0, `${folder} is empty`);
   }
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("file-system errors are told in words, never as os error N", () => {
+  const cases: [Error, string][] = [
+    [
+      new Deno.errors.NotFound("No such file or directory (os error 2): open 'x'"),
+      "it does not exist",
+    ],
+    [
+      new Deno.errors.PermissionDenied("Permission denied (os error 13): open 'x'"),
+      "permission denied",
+    ],
+    [new Deno.errors.IsADirectory("Is a directory (os error 21)"), "it is a directory"],
+    [new Error("Disk quota exceeded (os error 122): write 'x'"), "Disk quota exceeded"],
+  ];
+  for (const [error, words] of cases) assertEquals(describeFsError(error), words);
 });
