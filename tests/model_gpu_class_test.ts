@@ -32,6 +32,8 @@ gpuTest("gpu-class logits match the float64 reference for prefill and decode", a
   const config = await loadModelConfig(MODEL);
   const ckpt = await Checkpoint.open(MODEL, config);
   const names = new Set(ckpt.names());
+  // f32 KV: this test is about the kernels' arithmetic (f16 KV states its own error).
+  const webgpu = { kernels: "gpu", kvCacheDtype: "f32" } as const;
   const runner = await ModelRunner.create(gpu, config, {
     get: (n) => (names.has(n) ? ckpt.get(n) : Promise.resolve(null)),
   }, {
@@ -41,7 +43,7 @@ gpuTest("gpu-class logits match the float64 reference for prefill and decode", a
     blockSize: 16,
     maxBlocksPerSeq: 32,
     validVocab: config.vocabSize,
-  }, { kernels: "gpu" });
+  }, webgpu);
   ckpt.close();
   assertEquals(runner.kernelClass, "gpu");
   const V = config.vocabSize;
