@@ -722,7 +722,17 @@ async function runBatchMain(cmd: RunBatchCommand): Promise<number> {
       progress,
       backend,
       signal: cancel.signal,
-      onAnswer: metrics && ((kind) => metrics.countAnswer(kind)),
+      onAnswer: (answer) => {
+        metrics?.countAnswer(answer.counts);
+        log.debug(`${answer.customId ?? "(no custom_id)"}: ${answer.code ?? answer.counts}`, {
+          event: "answer",
+          custom_id: answer.customId,
+          outcome: answer.counts,
+          code: answer.code,
+          prompt_tokens: answer.promptTokens,
+          completion_tokens: answer.completionTokens,
+        });
+      },
     });
     const { status, failed } = summary;
     const level = status === "completed" || status === "validated" ? "info" : "warn";

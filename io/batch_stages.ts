@@ -174,7 +174,11 @@ export async function executeRequest(
 /** An output line and how it counts in the summary. */
 export interface Answer {
   readonly line: string;
+  /** The request's custom_id (null for a line that had none). */
+  readonly customId: string | null;
   readonly counts: "succeeded" | "failed" | "cancelled";
+  /** The error code (`invalid_json`, `request_timeout`, ...); null for a success. */
+  readonly code: string | null;
   /** The response's token usage (successes only). */
   readonly promptTokens: number;
   readonly completionTokens: number;
@@ -189,7 +193,9 @@ const _num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 
 export function failureAnswer(customId: string, code: BatchFailureCode, why: string): Answer {
   return {
     line: failureLine(customId, code, why),
+    customId,
     counts: code === "request_timeout" ? "failed" : "cancelled",
+    code,
     promptTokens: 0,
     completionTokens: 0,
   };
@@ -241,7 +247,9 @@ export function answerFor(request: BatchRequest, outcome: Outcome, timeoutMs?: n
     const status = e instanceof RequestError ? e.status : 500;
     return {
       line: httpErrorLine(customId, status, body),
+      customId,
       counts: "failed",
+      code: body.code ?? "error",
       promptTokens: 0,
       completionTokens: 0,
     };
@@ -249,7 +257,9 @@ export function answerFor(request: BatchRequest, outcome: Outcome, timeoutMs?: n
   const usage = (outcome.value as { usage?: Record<string, unknown> } | null)?.usage;
   return {
     line: successLine(customId, outcome.value),
+    customId,
     counts: "succeeded",
+    code: null,
     promptTokens: _num(usage?.prompt_tokens),
     completionTokens: _num(usage?.completion_tokens),
   };
@@ -257,7 +267,14 @@ export function answerFor(request: BatchRequest, outcome: Outcome, timeoutMs?: n
 
 /** The answer for an input line that could not become a request. */
 export function invalidAnswer(error: LineError): Answer {
-  return { line: lineErrorLine(error), counts: "failed", promptTokens: 0, completionTokens: 0 };
+  return {
+    line: lineErrorLine(error),
+    customId: error.customId,
+    counts: "failed",
+    code: error.code,
+    promptTokens: 0,
+    completionTokens: 0,
+  };
 }
 
 /** A counting semaphore whose permits are held from dispatch until the answer is written. */

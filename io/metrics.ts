@@ -57,7 +57,7 @@ export interface MetricsServer {
  * const engine = await Engine.load("models/ernie-tiny", { onStep: (s) => metrics.observeStep(s) });
  * metrics.attachEngine(engine);
  * const server = metrics.serve(9400); // scrape http://127.0.0.1:9400/metrics
- * await runBatch({ ..., onAnswer: (kind) => metrics.countAnswer(kind) });
+ * await runBatch({ ..., onAnswer: (answer) => metrics.countAnswer(answer.counts) });
  * await server.close();
  * ```
  */

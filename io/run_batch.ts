@@ -84,7 +84,7 @@ export interface RunBatchOptions {
    */
   readonly shard?: Shard;
   /** Called as each answer is recorded (for metrics); not for answers kept by resume. */
-  readonly onAnswer?: (counts: Answer["counts"]) => void;
+  readonly onAnswer?: (answer: Answer) => void;
   readonly stdin?: ReadableStream<Uint8Array>;
   readonly stdout?: WritableStream<Uint8Array>;
   readonly upload?: UploadOptions;
@@ -175,7 +175,7 @@ class _Run {
     this.progress.state.done++;
     if (answer.counts !== "succeeded") this.progress.state.failed++;
     this.progress.state.completionTokens = this.tally.completionTokens;
-    this.options.onAnswer?.(answer.counts);
+    this.options.onAnswer?.(answer);
     this.emitter!.emit(seq, answer.line, answer.counts === "succeeded");
   }
 

@@ -217,5 +217,15 @@ Deno.test({
   const quiet = await runCli([...args, "-o", join(dir, "b.jsonl"), "--log-level", "warn"]);
   assertEquals(quiet.code, 0, quiet.stderr);
   assertEquals(quiet.stderr, "", "a successful run says nothing at warn");
+  const debug = await runCli([...args, "-o", join(dir, "c.jsonl"), "--log-level", "debug"]);
+  assertEquals(debug.code, 0, debug.stderr);
+  const answers = debug.stderr.trim().split("\n").map((l) => JSON.parse(l))
+    .filter((e) => e.event === "answer");
+  assertEquals(answers.map((e) => [e.level, e.custom_id, e.outcome]).sort(), [
+    ["debug", "q0", "succeeded"],
+    ["debug", "q1", "succeeded"],
+    ["debug", "q2", "succeeded"],
+  ]);
+  assert(answers.every((e) => e.completion_tokens === 2), "each answer's usage");
   await Deno.remove(dir, { recursive: true });
 });

@@ -103,7 +103,13 @@ Deno.test("answerFor maps each outcome to its line and how it counts", () => {
     kind: "ok",
     value: { usage: { prompt_tokens: 2, completion_tokens: 3 } },
   });
-  assertEquals([ok.counts, ok.promptTokens, ok.completionTokens], ["succeeded", 2, 3]);
+  assertEquals([ok.customId, ok.counts, ok.code, ok.promptTokens, ok.completionTokens], [
+    "x",
+    "succeeded",
+    null,
+    2,
+    3,
+  ]);
   assertEquals(JSON.parse(ok.line).response.status_code, 200);
   const bad = answerFor(request, { kind: "error", error: new RequestError("nope", 400, "prompt") });
   assertEquals(bad.counts, "failed");
@@ -119,7 +125,7 @@ Deno.test("answerFor maps each outcome to its line and how it counts", () => {
   for (const [reason, code, counts] of expectations) {
     const a = answerFor(request, { kind: "aborted", reason }, 100);
     assertEquals(JSON.parse(a.line).error.code, code);
-    assertEquals(a.counts, counts);
+    assertEquals([a.counts, a.code], [counts, code]);
   }
 });
 
