@@ -94,7 +94,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var k = 0u; k < DPT; k++) {
       let d = lid.x + k * C;
       if (d >= D) { break; }
-      var a = acc[k];
+      var a = acc[k] * corr;
       for (var jj = 0u; jj < n; jj++) { a = fma(probs[jj], cache_at(key_base[jj] + d, true), a); }
       acc[k] = a;
     }
