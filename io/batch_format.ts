@@ -11,14 +11,19 @@ import { z } from "zod";
 export interface BatchRequest {
   /** 1-based line number in the input. */
   readonly lineNo: number;
+  /** The caller's id, unique in the batch; it names the answer. */
   readonly customId: string;
+  /** Always POST, as OpenAI's batch format requires. */
   readonly method: "POST";
+  /** The endpoint, e.g. `/v1/chat/completions`. */
   readonly url: string;
+  /** The endpoint's request body. */
   readonly body: Record<string, unknown>;
 }
 
 /** An input line that cannot become a request. */
 export interface LineError {
+  /** 1-based line number in the input. */
   readonly lineNo: number;
   /** The line's custom_id when it could be read, else null. */
   readonly customId: string | null;

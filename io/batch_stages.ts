@@ -22,6 +22,8 @@ import {
   successLine,
 } from "./batch_format.ts";
 import type { InputLine } from "./reader.ts";
+export type { BatchFailureCode, BatchRequest, LineError } from "./batch_format.ts";
+export type { InputLine } from "./reader.ts";
 import type { OutputSink } from "./writer.ts";
 
 /**
@@ -173,14 +175,17 @@ export async function executeRequest(
 
 /** An output line and how it counts in the summary. */
 export interface Answer {
+  /** The output line (no newline). */
   readonly line: string;
   /** The request's custom_id (null for a line that had none). */
   readonly customId: string | null;
+  /** Which summary count it adds to. */
   readonly counts: "succeeded" | "failed" | "cancelled";
   /** The error code (`invalid_json`, `request_timeout`, ...); null for a success. */
   readonly code: string | null;
   /** The response's token usage (successes only). */
   readonly promptTokens: number;
+  /** The response's completion tokens (successes only). */
   readonly completionTokens: number;
 }
 
@@ -281,9 +286,11 @@ export function invalidAnswer(error: LineError): Answer {
 export class Slots {
   #free: number;
   #waiting: (() => void)[] = [];
+  /** `size` permits, all free. */
   constructor(size: number) {
     this.#free = size;
   }
+  /** Resolves once a permit is taken (waiters are served first come, first served). */
   acquire(): Promise<void> {
     if (this.#free > 0) {
       this.#free--;
@@ -291,6 +298,7 @@ export class Slots {
     }
     return new Promise((resolve) => this.#waiting.push(resolve));
   }
+  /** Returns a permit, to the longest waiter if any. */
   release(): void {
     const next = this.#waiting.shift();
     if (next) next();
@@ -315,6 +323,7 @@ export class Emitter {
   readonly #ready = new Map<number, { line: string; ok: boolean } | null>();
   #nextToWrite = 0;
 
+  /** Writes to `sink` (failures to `errSink` when given) and frees `slots` as lines land. */
   constructor(
     private readonly to: {
       readonly sink: OutputSink;
@@ -372,6 +381,7 @@ export class Stopper {
   /** Controllers of the requests now running. */
   readonly inFlight: Set<AbortController> = new Set();
 
+  /** The first reason given to {@linkcode Stopper.halt}, or null while the run goes on. */
   get reason(): StopReason | null {
     return this.#reason;
   }

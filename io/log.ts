@@ -7,6 +7,7 @@
 
 /** Levels, least to most severe. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** `debug`, `info`, `warn` or `error`. */
 export type LogLevel = typeof LOG_LEVELS[number];
 
 /** Structured context of a message (JSON fields; ignored in text). */
@@ -14,13 +15,19 @@ export type LogFields = Readonly<Record<string, unknown>>;
 
 /** Writes messages at or above its level. */
 export interface Logger {
+  /** Text for people, JSON lines for collectors. */
   readonly format: "text" | "json";
   /** Whether a message at `level` would be written. */
   enabled(level: LogLevel): boolean;
+  /** Writes `message` at `level` when enabled. */
   log(level: LogLevel, message: string, fields?: LogFields): void;
+  /** Per-request detail (`answer` events). */
   debug(message: string, fields?: LogFields): void;
+  /** What the run does: model, progress, summary. */
   info(message: string, fields?: LogFields): void;
+  /** Something the user may want to act on (cancelling, a failed run's summary). */
   warn(message: string, fields?: LogFields): void;
+  /** Why the run stopped. */
   error(message: string, fields?: LogFields): void;
 }
 

@@ -22,18 +22,23 @@ export interface MergeOptions {
   readonly errorFile?: string;
   /** The original batch input: write in its order, and require an answer for each of its lines. */
   readonly order?: string;
+  /** Replace an existing output (and error file). */
   readonly overwrite?: boolean;
 }
 
 /** What {@linkcode mergeOutputs} wrote. */
 export interface MergeSummary {
+  /** Lines written, output and error file together. */
   readonly answers: number;
+  /** Answers with status 200. */
   readonly succeeded: number;
+  /** Error lines. */
   readonly failed: number;
 }
 
 /** The shard outputs do not add up to one batch (a duplicate, a missing answer, a torn line). */
 export class MergeError extends Error {
+  /** `message` says what does not add up and where. */
   constructor(message: string) {
     super(message);
     this.name = "MergeError";

@@ -23,14 +23,20 @@
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { StepReport } from "../engine/engine.ts";
+export type { StepReport } from "../engine/engine.ts";
 import type { Answer } from "./batch_stages.ts";
 
 /** What the metrics read from the engine (the engine's getters). */
 export interface EngineMetricsSource {
+  /** Sequences being prefilled or decoded. */
   readonly numRunning: number;
+  /** Sequences waiting for admission. */
   readonly numWaiting: number;
+  /** Fraction of KV blocks in use (0..1). */
   readonly kvCacheUsage: number;
+  /** Prompt tokens looked up in the prefix cache, and those found. */
   readonly prefixCacheTokens: { readonly queries: number; readonly hits: number };
+  /** The engine's running totals. */
   readonly stats: {
     readonly promptTokensComputed: number;
     readonly generatedTokens: number;
@@ -44,6 +50,7 @@ export interface MetricsServer {
   readonly port: number;
   /** `http://127.0.0.1:PORT/metrics`. */
   readonly url: string;
+  /** Stops serving. */
   close(): Promise<void>;
 }
 
@@ -62,7 +69,7 @@ export interface MetricsServer {
  * ```
  */
 export class BatchMetrics {
-  readonly registry: Registry = new Registry();
+  readonly #registry: Registry = new Registry();
   #engine: EngineMetricsSource | null = null;
   readonly #success: Counter;
   readonly #failure: Counter<"reason">;
@@ -70,7 +77,7 @@ export class BatchMetrics {
   readonly #stepTokens: Histogram;
 
   constructor() {
-    const registers = [this.registry];
+    const registers = [this.#registry];
     const read = (f: (e: EngineMetricsSource) => number) => () => {
       const e = this.#engine;
       return e === null ? 0 : f(e);
@@ -147,7 +154,7 @@ export class BatchMetrics {
     new Gauge({
       name: `batchwright:${name}`,
       help,
-      registers: [this.registry],
+      registers: [this.#registry],
       collect() {
         this.set(value());
       },
@@ -159,7 +166,7 @@ export class BatchMetrics {
     new Counter({
       name: `batchwright:${name}`,
       help,
-      registers: [this.registry],
+      registers: [this.#registry],
       collect() {
         this.reset();
         this.inc(value());
@@ -169,7 +176,7 @@ export class BatchMetrics {
 
   /** Labels every series with the served model's name, as vLLM does (`model_name="..."`). */
   setModelName(name: string): void {
-    this.registry.setDefaultLabels({ model_name: name });
+    this.#registry.setDefaultLabels({ model_name: name });
   }
 
   /** Reads gauges and engine totals from `engine` from now on. */
@@ -191,7 +198,7 @@ export class BatchMetrics {
 
   /** The exposition text of every metric now. */
   text(): Promise<string> {
-    return this.registry.metrics();
+    return this.#registry.metrics();
   }
 
   /**
@@ -207,7 +214,7 @@ export class BatchMetrics {
           return new Response("not found: scrape GET /metrics\n", { status: 404 });
         }
         return new Response(await this.text(), {
-          headers: { "content-type": this.registry.contentType },
+          headers: { "content-type": this.#registry.contentType },
         });
       });
     } catch (e) {

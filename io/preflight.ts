@@ -13,12 +13,19 @@ import { checkOutput } from "./writer.ts";
 
 /** The paths {@linkcode preflightBatch} checks (a subset of `RunBatchOptions`). */
 export interface PreflightOptions {
+  /** A local path (checked), an http(s) URL or `-` (not checked: read later). */
   readonly input: string;
+  /** A local path (checked, its folder created), an http(s) URL or `-`. */
   readonly output: string;
+  /** Checked like the output. */
   readonly errorFile?: string;
+  /** Its folder is created. */
   readonly summaryFile?: string;
+  /** Created and checked for writing when given. */
   readonly outputTmpDir?: string;
+  /** An existing output is fine: it will be replaced. */
   readonly overwrite?: boolean;
+  /** An existing output is fine: it will be continued. */
   readonly resume?: boolean;
   /** Nothing is written: only the input is checked. */
   readonly validateOnly?: boolean;

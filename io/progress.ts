@@ -32,6 +32,7 @@ export interface ProgressOptions {
 export interface ProgressState {
   /** Requests answered (any outcome). */
   done: number;
+  /** Of those, answered with an error line or cancelled. */
   failed: number;
   /** Known once the input is fully read or counted beforehand. */
   total?: number;

@@ -29,10 +29,15 @@ import { batchObject, type BatchStatus, type BatchSummary } from "./summary.ts";
 
 export type { BatchStatus, BatchSummary } from "./summary.ts";
 export type { Answer, BatchBackend } from "./batch_stages.ts";
+export type { ProgressOptions, ProgressState } from "./progress.ts";
+export type { UploadOptions } from "./writer.ts";
+export { formatSummary } from "./summary.ts";
 
 /** Shard `index` of `count` (0 ≤ index < count). */
 export interface Shard {
+  /** Which shard, from 0. */
   readonly index: number;
+  /** How many shards split the input. */
   readonly count: number;
 }
 
@@ -40,7 +45,6 @@ export interface Shard {
 export function inShard(shard: Shard | undefined, lineIndex: number): boolean {
   return shard === undefined || lineIndex % shard.count === shard.index;
 }
-export { formatSummary } from "./summary.ts";
 
 /** Options for {@linkcode runBatch}. */
 export interface RunBatchOptions {
@@ -48,13 +52,17 @@ export interface RunBatchOptions {
   readonly input: string;
   /** A local path, an http(s) URL (PUT at the end) or `-` (stdout). */
   readonly output: string;
+  /** Runs the requests (`ApiBackend` over an engine). */
   readonly backend: BatchBackend;
   /** Failed requests go here instead of the output (OpenAI style). */
   readonly errorFile?: string;
+  /** Where `OUTPUT.partial` waits (default: beside the output; a temp dir for URLs). */
   readonly outputTmpDir?: string;
   /** Write answers as they complete (default) or in input order. */
   readonly order?: "completion" | "input";
+  /** Keep the successful answers of an earlier run of this output and run only the rest. */
   readonly resume?: boolean;
+  /** Replace an existing output (else it is refused). */
   readonly overwrite?: boolean;
   /** Check every line (format, url, backend.validate) and run nothing. */
   readonly validateOnly?: boolean;
@@ -62,6 +70,7 @@ export interface RunBatchOptions {
   readonly onInvalid?: "error-line" | "skip" | "abort";
   /** Requests handed out and answers waiting to be written, at most (default 1024). */
   readonly maxInFlight?: number;
+  /** A request still running after this gets `request_timeout`. */
   readonly requestTimeoutMs?: number;
   /** The whole batch's time limit: what has not finished by then is batch_expired. */
   readonly deadlineMs?: number;
@@ -85,8 +94,11 @@ export interface RunBatchOptions {
   readonly shard?: Shard;
   /** Called as each answer is recorded (for metrics); not for answers kept by resume. */
   readonly onAnswer?: (answer: Answer) => void;
+  /** Read for input `-` (default: `Deno.stdin.readable`). */
   readonly stdin?: ReadableStream<Uint8Array>;
+  /** Written for output `-` (default: `Deno.stdout.writable`; never closed). */
   readonly stdout?: WritableStream<Uint8Array>;
+  /** Retries of the PUT when the output is a URL. */
   readonly upload?: UploadOptions;
 }
 

@@ -23,6 +23,7 @@ export const SHARD_ENV = {
 
 /** A `--shard` value that cannot be used; the message says what to pass. */
 export class ShardError extends Error {
+  /** `message` names the flag or variable and what to pass. */
   constructor(message: string) {
     super(message);
     this.name = "ShardError";

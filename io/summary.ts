@@ -12,6 +12,7 @@ export type BatchStatus = "completed" | "validated" | "cancelled" | "expired" | 
 export interface BatchSummary {
   /** `batch_<32 hex>`. */
   readonly id: string;
+  /** How the run ended. */
   readonly status: BatchStatus;
   /** Requests read (non-blank input lines), answered earlier ones included. */
   readonly total: number;
@@ -25,16 +26,21 @@ export interface BatchSummary {
   readonly resumed: number;
   /** Invalid lines left out (`onInvalid: "skip"`). */
   readonly skipped: number;
+  /** Prompt tokens of the answered requests (from their usage). */
   readonly promptTokens: number;
+  /** Completion tokens of the answered requests (from their usage). */
   readonly completionTokens: number;
+  /** Wall time of the run. */
   readonly elapsedMs: number;
   /** The output's final path or URL; a kept local file when it could not be put in place. */
   readonly outputPath: string;
+  /** The error file's final path, when there is one. */
   readonly errorPath?: string;
   /** Why the run did not complete (status failed), for the user. */
   readonly error?: string;
   /** Unix seconds, as OpenAI's batch object has them. */
   readonly createdAt: number;
+  /** Unix seconds. */
   readonly completedAt: number;
 }
 
