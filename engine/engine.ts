@@ -99,6 +99,7 @@ export interface StepReport {
   readonly seconds: number;
   /** Tokens computed in the step (prefill chunks and decodes). */
   readonly numTokens: number;
+  /** Sequences in the step. */
   readonly numSeqs: number;
 }
 
