@@ -214,3 +214,15 @@ Deno.test("output lines have the shape OpenAI clients parse", () => {
   assertEquals(successfulCustomId(JSON.stringify(line)), "r1");
   assertEquals(successfulCustomId('{"custom_id":"r1","response":{"status_'), null);
 });
+
+Deno.test("countLocalLines counts a shard's lines: non-blank ones whose 0-based index it keeps", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Indices 0..6; index 2 is blank, index 6 has no final newline.
+    await Deno.writeTextFile(`${dir}/a.jsonl`, "a\nb\n\nc\r\nd\ne\nf");
+    const shard = (k: number) => countLocalLines(`${dir}/a.jsonl`, (i) => i % 3 === k);
+    assertEquals([await shard(0), await shard(1), await shard(2)], [3, 2, 1]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
