@@ -25,6 +25,8 @@ import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { sample } from "./sampler.ts";
 import { OutputText } from "./detokenizer.ts";
+import { type RowSampling, rowSampling } from "./gpu/sampling.ts";
+import { uniform } from "./rng.ts";
 import { GrammarEngine, type GrammarStats, type TokenMatcher } from "./grammar.ts";
 import { SchemaError } from "./json_schema.ts";
 import {
@@ -69,6 +71,10 @@ export interface EngineOptions {
   readonly threads?: number;
   /** An opened device (default: the runtime's default adapter). */
   readonly gpu?: Gpu;
+  /** Called as the weights load (the engine prints nothing itself). */
+  readonly onProgress?: (progress: LoadProgress) => void;
+  /** Called after every engine step (for metrics). */
+  readonly onStep?: (step: StepReport) => void;
   /**
    * WebGPU kernel class: `"cpu"` (shaped for software rasterisers like llvmpipe), `"gpu"`
    * (shaped for discrete GPUs) or `"auto"` (the default: `cpu` on a fallback or software
@@ -80,10 +86,6 @@ export interface EngineOptions {
    * kernel, so steps run slower): read it with {@linkcode Engine.kernelProfile}.
    */
   readonly profile?: boolean;
-  /** Called as the weights load (the engine prints nothing itself). */
-  readonly onProgress?: (progress: LoadProgress) => void;
-  /** Called after every engine step (for metrics). */
-  readonly onStep?: (step: StepReport) => void;
 }
 
 /** How far {@linkcode Engine.load} got: `done` of `total` weight tensors read. */
@@ -513,9 +515,13 @@ export class Engine {
 
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
     const items = batch.items;
-    const wantLogits = items.some((it) =>
-      it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
-    );
+    // A runner that samples on the device reads back ids only (and the logits of rows
+    // that need the host: logprobs, grammars); otherwise any non-greedy row reads all.
+    const device = this.runner.deviceSampling === true;
+    const wantLogits = !device &&
+      items.some((it) =>
+        it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
+      );
     const seqs: StepSeq[] = items.map(({ seq, start, count, sample }) => ({
       tokens: seq.tokenIds.slice(start, start + count),
       start,
@@ -525,6 +531,9 @@ export class Engine {
         : sample
         ? "sample"
         : "none",
+      sampling: device && sample && seq.state!.kind === "generate"
+        ? this.#deviceSampling(seq)
+        : undefined,
     }));
     const pending = this.runner.step(seqs, wantLogits).then(
       (result) => ({ result }),
@@ -555,8 +564,9 @@ export class Engine {
       if (out === "sample") {
         const row = sampleRow++;
         this.stats.generatedTokens++;
-        const id = result.logits
-          ? this.#sample(seq, result.logits.subarray(row * V, (row + 1) * V))
+        const logitRow = result.logitIndex ? result.logitIndex[row]! : result.logits ? row : -1;
+        const id = logitRow >= 0
+          ? this.#sample(seq, result.logits!.subarray(logitRow * V, (logitRow + 1) * V))
           : result.ids![row]!;
         if (!(id >= 0 && id < this.validVocab)) {
           // NO_TOKEN from the sampler, 0xFFFFFFFF from the GPU argmax.
@@ -608,6 +618,20 @@ export class Engine {
       p.presencePenalty === 0 &&
       p.frequencyPenalty === 0 && p.repetitionPenalty === 1 && seq.numOutputTokens >= p.minTokens &&
       seq.state!.grammar === undefined;
+  }
+
+  /** How the device picks this sequence's next token (undefined: greedy; "logits": the host). */
+  #deviceSampling(seq: Sequence<SeqState>): RowSampling | "logits" | undefined {
+    if (this.#isPlainGreedy(seq)) return undefined;
+    const st = seq.state!;
+    const p = seq.request.sampling;
+    if (p.logprobs || st.grammar !== undefined) return "logits";
+    return rowSampling(p, {
+      promptIds: seq.tokenIds.slice(0, seq.numPromptTokens),
+      outputIds: seq.outputIds,
+      eosTokenIds: p.ignoreEos ? [] : this.#eosList,
+      validVocab: this.validVocab,
+    }, uniform({ seed: st.seed, step: seq.numOutputTokens }));
   }
 
   #sample(seq: Sequence<SeqState>, logits: Float32Array): number {
@@ -690,5 +714,10 @@ export class Engine {
     await this.#loop;
     await (await this.#grammars?.catch(() => null))?.dispose();
     this.runner.destroy();
+  }
+
+  /** `await using engine = await Engine.load(...)` closes it at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { RowSampling } from "./gpu/sampling.ts";
 import type { KernelProfile } from "./gpu/profile.ts";
 
 /** Capacities fixed when a runner is created; nothing is allocated per step. */
@@ -37,14 +38,26 @@ export interface StepSeq {
    * of every position (embeddings).
    */
   readonly output: "none" | "sample" | "hidden-last" | "hidden-all";
+  /**
+   * How a "sample" row picks its token on a runner with `deviceSampling` (ignored
+   * otherwise, and when the step asks for every row's logits): a draw on the device,
+   * or `"logits"` to read the row's logits back for the CPU sampler. Without it the
+   * row gets the greedy id.
+   */
+  readonly sampling?: RowSampling | "logits";
 }
 
 /** What a step returns, in the order of the step's sequences. */
 export interface StepResult {
   /** Sample rows (one per "sample" sequence): argmax ids when logits were not asked for. */
   readonly ids?: Uint32Array;
-  /** Sample rows' logits: (sampleRows, vocab). */
+  /** Sample rows' logits: (sampleRows, vocab), or only the rows `logitIndex` names. */
   readonly logits?: Float32Array;
+  /**
+   * With device sampling: for each sample row, its row in `logits` (the rows that
+   * asked for `"logits"`), or −1 when the device chose its id.
+   */
+  readonly logitIndex?: Int32Array;
   /** Hidden rows (one per "hidden-last", one per token of "hidden-all"): (rows, hidden). */
   readonly hidden?: Float32Array;
 }
@@ -68,6 +81,8 @@ export interface Runner {
   readonly kvBytes: number;
   /** Bytes of the weights as the backend holds them. */
   readonly weightBytes: number;
+  /** Samples rows on the device from `StepSeq.sampling` (only ids come back). */
+  readonly deviceSampling?: boolean;
   /**
    * Runs one forward step over the scheduled sequences. Sample rows get argmax
    * ids, or their full logits when `wantLogits` (for the CPU sampler).
