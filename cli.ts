@@ -308,9 +308,13 @@ function _wrap(text: string, width: number): string[] {
   return [...lines, line];
 }
 
-/** `batchwright 0.1.0 (deno 2.9.6)`. */
+/** `batchwright 0.1.0 (deno 2.9.6)`, or `(node 20.20.2)` under the Node entry (node/cli.ts). */
 export function versionText(): string {
-  return `batchwright ${denoJson.version} (deno ${Deno.version.deno})`;
+  // Under node/setup.ts, Deno is @deno/shim-deno, whose Deno.version is not a Deno's.
+  const node = navigator.userAgent?.startsWith("Node.js/")
+    ? (globalThis as { process?: { versions: { node: string } } }).process?.versions.node
+    : undefined;
+  return `batchwright ${denoJson.version} (${node ? `node ${node}` : `deno ${Deno.version.deno}`})`;
 }
 
 /** The usage text: every flag with its default, in sections, the required ones first. */
@@ -579,7 +583,12 @@ export async function main(args: readonly string[]): Promise<number> {
     cmd = parseRunBatch(rest, Deno.env.toObject());
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    console.error(`error: ${e.message}\n\n${USAGE_HINT}`);
+    // A collector reading --log-format json gets the usage error as JSON too.
+    const json = rest.some((a, i) =>
+      a === "--log-format=json" || (a === "--log-format" && rest[i + 1] === "json")
+    );
+    if (json) createLogger({ format: "json" }).error(e.message, { event: "usage" });
+    else console.error(`error: ${e.message}\n\n${USAGE_HINT}`);
     return 2;
   }
   if (cmd === "help") {

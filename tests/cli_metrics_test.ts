@@ -190,6 +190,14 @@ Deno.test("--log-format json writes one JSON object per line; errors too", async
   ]);
   assertEquals(bad.code, 2);
   assertMatch(bad.stderr, /--log-format must be one of text, json/);
+  const usage = await runCli(["run-batch", "-i", "a", "-o", "b", "--log-format", "json"]);
+  assertEquals(usage.code, 2);
+  const line = JSON.parse(usage.stderr);
+  assertEquals([line.level, line.event, line.msg], [
+    "error",
+    "usage",
+    "missing required flag --model",
+  ]);
   await Deno.remove(dir, { recursive: true });
 });
 
