@@ -797,6 +797,7 @@ async function mergeMain(args: readonly string[]): Promise<number> {
         MERGE_USAGE,
         "",
         "Joins the outputs (and error files) of `run-batch --shard K/N` runs into one output.",
+        "Shard outputs are paths or http(s) URLs, gzipped or not; -o may be a URL (PUT).",
         "Fails, writing nothing, when a custom_id appears twice.",
         "",
         "  -o, --output-file PATH     the merged output (required)",

@@ -8,13 +8,13 @@
  *
  * @module
  */
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { openOutput, type OutputSink } from "./writer.ts";
-import { readLines } from "./reader.ts";
+import { describeFsError, openInput, readLines } from "./reader.ts";
 
 /** Options for {@linkcode mergeOutputs}. */
 export interface MergeOptions {
-  /** The shard outputs (and error files), in any order. */
+  /** The shard outputs (and error files), in any order: local paths or http(s) URLs, gzip or not. */
   readonly inputs: readonly string[];
   /** Where the merged answers go (local path; written through `OUTPUT.partial`). */
   readonly output: string;
@@ -59,11 +59,10 @@ const decoder = new TextDecoder();
 /** Streams a file's non-blank lines with their byte offsets (a trailing CR stays in `bytes`). */
 async function* _linesWithOffsets(
   path: string,
+  name: string,
 ): AsyncGenerator<{ lineNo: number; offset: number; bytes: Uint8Array }> {
   const file = await Deno.open(path, { read: true }).catch((e) => {
-    throw new MergeError(
-      `Cannot read "${path}": ${(e as Error).message.replace(/ \(os error.*$/, "")}`,
-    );
+    throw new MergeError(`Cannot read "${name}": ${describeFsError(e)}`);
   });
   let carry = new Uint8Array(0);
   let carryOffset = 0;
@@ -150,15 +149,61 @@ const _list = (items: readonly string[]) =>
  * ```
  */
 export async function mergeOutputs(options: MergeOptions): Promise<MergeSummary> {
-  const index = new Map<string, Entry>();
   const files = options.inputs;
   for (const target of [options.output, options.errorFile]) {
     if (target !== undefined && files.some((f) => resolve(f) === resolve(target))) {
       throw new MergeError(`Refusing to merge into "${target}", which is one of the shard outputs`);
     }
   }
+  const copies = await _localCopies(files);
+  try {
+    return await _merge(options, copies.paths);
+  } finally {
+    await copies.remove();
+  }
+}
+
+/** Shard outputs at URLs, or gzipped, are copied (decompressed) to temp files to be indexed. */
+async function _localCopies(
+  files: readonly string[],
+): Promise<{ paths: string[]; remove(): Promise<void> }> {
+  let dir: string | null = null;
+  const paths: string[] = [];
+  try {
+    for (const [i, file] of files.entries()) {
+      if (!/^https?:\/\//i.test(file) && !(await _isGzip(file))) {
+        paths.push(file);
+        continue;
+      }
+      dir ??= await Deno.makeTempDir({ prefix: "batchwright-merge-" });
+      const copy = join(dir, `${i}.jsonl`);
+      await (await openInput(file)).pipeTo((await Deno.create(copy)).writable);
+      paths.push(copy);
+    }
+  } catch (e) {
+    if (dir !== null) await Deno.remove(dir, { recursive: true });
+    throw e;
+  }
+  return { paths, remove: async () => void (dir && await Deno.remove(dir, { recursive: true })) };
+}
+
+async function _isGzip(path: string): Promise<boolean> {
+  const file = await Deno.open(path, { read: true }).catch(() => null);
+  if (file === null) return false; // reported when indexed
+  try {
+    const head = new Uint8Array(2);
+    return (await file.read(head)) === 2 && head[0] === 0x1f && head[1] === 0x8b;
+  } finally {
+    file.close();
+  }
+}
+
+/** Indexes `paths` (the shard outputs, named in messages as `options.inputs`) and writes the merge. */
+async function _merge(options: MergeOptions, paths: readonly string[]): Promise<MergeSummary> {
+  const index = new Map<string, Entry>();
+  const files = options.inputs;
   for (let file = 0; file < files.length; file++) {
-    for await (const { lineNo, offset, bytes } of _linesWithOffsets(files[file]!)) {
+    for await (const { lineNo, offset, bytes } of _linesWithOffsets(paths[file]!, files[file]!)) {
       const where = `"${files[file]}" line ${lineNo}`;
       const { key, ok } = _keyOf(decoder.decode(bytes), where);
       const earlier = index.get(key);
@@ -173,7 +218,7 @@ export async function mergeOutputs(options: MergeOptions): Promise<MergeSummary>
     }
   }
   const sinks = await _openSinks(options);
-  const handles = await Promise.all(files.map((f) => Deno.open(f, { read: true })));
+  const handles = await Promise.all(paths.map((f) => Deno.open(f, { read: true })));
   try {
     const summary = { answers: 0, succeeded: 0, failed: 0 };
     const copy = async (entry: Entry) => {

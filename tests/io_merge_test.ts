@@ -122,3 +122,35 @@ Deno.test("merge refuses a torn last line (a killed shard) and its own output as
   );
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("merge reads shard outputs from http(s) URLs and gzip files", async () => {
+  const { dir, input, answers, parts } = await fixture();
+  const served = await Deno.readFile(parts[0]!);
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response(served),
+  );
+  const gz = `${parts[1]}.gz`;
+  await Deno.writeFile(
+    gz,
+    new Uint8Array(
+      await new Response(
+        new Blob([await Deno.readFile(parts[1]!)]).stream().pipeThrough(
+          new CompressionStream("gzip"),
+        ),
+      ).arrayBuffer(),
+    ),
+  );
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/part-0.jsonl`;
+    await mergeOutputs({
+      inputs: [url, gz, parts[2]!],
+      output: join(dir, "out.jsonl"),
+      order: input,
+    });
+    assertEquals(await read(join(dir, "out.jsonl")), answers);
+  } finally {
+    await server.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
