@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { type BatchBackend, runBatch, type RunBatchOptions } from "../io/run_batch.ts";
 import { formatSummary } from "../io/summary.ts";
-import { RequestError } from "../engine/types.ts";
+import { EngineFailure, RequestError } from "../engine/types.ts";
 import { startServer, type TestServer } from "./_http_servers.ts";
 
 // ---- a fake backend that echoes (the real model is tested elsewhere) ----
@@ -623,3 +623,54 @@ Deno.test("a SIGKILLed run followed by resume ends with exactly one success per 
     assert(stats.calls.length <= n - 30 + 4, `resume re-ran ${stats.calls.length}`);
     assertEquals([s.status, s.succeeded], ["completed", n]);
   }));
+
+for (const order of ["completion", "input"] as const) {
+  Deno.test(
+    `an EngineFailure stops the run as failed with no line for its request; resume ends it (${order} order)`,
+    () =>
+      withDir(async (dir) => {
+        const n = 20;
+        await Deno.writeTextFile(`${dir}/in.jsonl`, jsonl(n));
+        const echo = echoBackend();
+        let calls = 0;
+        let fail = () => {};
+        const failure = new Promise<never>((_, reject) => {
+          fail = () => reject(new EngineFailure("The compute backend failed at engine step 9"));
+        });
+        // The 7th request meets the failure once the two after it are running;
+        // they still answer (and, in input order, wait for the 7th to be passed over).
+        const broken: BatchBackend = {
+          ...echo.backend,
+          run: (url, body, ctx) => {
+            if (++calls === 7) return failure;
+            if (calls === 9) fail();
+            return echo.backend.run(url, body, ctx);
+          },
+        };
+        const failed = await runBatch({
+          input: `${dir}/in.jsonl`,
+          output: `${dir}/out.jsonl`,
+          backend: broken,
+          maxInFlight: 3,
+          order,
+          progress: QUIET,
+        });
+        assertEquals(failed.status, "failed");
+        assert(failed.error?.includes("engine step 9") && failed.error.includes("--resume"));
+        const kept = await readOut(`${dir}/out.jsonl.partial`);
+        assertEquals(successIds(kept).length, kept.length, "no line for the failed request");
+        assertEquals(kept.length, failed.succeeded, "every answer given was written");
+        assert(kept.length >= 8 && !successIds(kept).includes("r6"), successIds(kept).join());
+        const resumed = await runBatch({
+          input: `${dir}/in.jsonl`,
+          output: `${dir}/out.jsonl`,
+          backend: echoBackend().backend,
+          resume: true,
+          progress: QUIET,
+        });
+        assertEquals([resumed.status, resumed.succeeded], ["completed", n]);
+        const all = await readOut(`${dir}/out.jsonl`);
+        assertEquals(successIds(all).sort(), Array.from({ length: n }, (_, i) => `r${i}`).sort());
+      }),
+  );
+}
