@@ -7,6 +7,7 @@
  */
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { fileURLToPath as fromFileUrl } from "node:url";
 import { Engine, type EngineOptions } from "./engine/engine.ts";
 import { formatProfile } from "./engine/gpu/profile.ts";
 import { ApiBackend } from "./api/backend.ts";
@@ -504,15 +505,34 @@ export function parseRunBatch(
 }
 
 /**
- * `--model`: an existing directory as is; otherwise a hub id, fetched into
- * the Hugging Face cache with progress on stderr. The served name of a hub
- * model defaults to its id.
+ * The models shipped with batchwright, beside this file: reached through this
+ * module's URL, never the working directory, so the single binary (`deno task
+ * compile`, which embeds `models/ernie-tiny`) finds them wherever it runs.
+ */
+export const SHIPPED_MODELS: URL = new URL("./models/", import.meta.url);
+
+const isDirectory = async (path: string) => (await Deno.stat(path).catch(() => null))?.isDirectory;
+
+/** `models/NAME` of a shipped model, as a directory path, when it exists. */
+async function shippedModel(model: string): Promise<string | undefined> {
+  const name = model.match(/^(?:\.\/)?models\/([\w.-]+)\/?$/)?.[1];
+  if (name === undefined || SHIPPED_MODELS.protocol !== "file:") return undefined;
+  const dir = fromFileUrl(new URL(name, SHIPPED_MODELS));
+  return (await isDirectory(dir)) ? dir : undefined;
+}
+
+/**
+ * `--model`: an existing directory as is; then `models/NAME` among the shipped
+ * models; otherwise a hub id, fetched into the Hugging Face cache with progress
+ * on stderr. The served name of a shipped or hub model defaults to its name.
  */
 async function resolveModel(
   model: string,
   options: { quiet: boolean; weights: boolean; signal: AbortSignal; log: Logger },
 ): Promise<{ dir: string; name?: string }> {
-  if ((await Deno.stat(model).catch(() => null))?.isDirectory) return { dir: model };
+  if (await isDirectory(model)) return { dir: model };
+  const shipped = await shippedModel(model);
+  if (shipped !== undefined) return { dir: shipped, name: basename(shipped) };
   const ref = parseModelRef(model);
   if (ref === null) {
     throw new Error(
