@@ -21,7 +21,7 @@ import {
 } from "./batch_stages.ts";
 import type { BatchRequest } from "./batch_format.ts";
 import { EngineFailure } from "../engine/types.ts";
-import { countLocalLines, readLines } from "./reader.ts";
+import { countLocalLines, type InputLine, readLines } from "./reader.ts";
 import { openOutput, type OutputSink, type UploadOptions } from "./writer.ts";
 import { preflightBatch } from "./preflight.ts";
 import { createProgress, type Progress, type ProgressOptions } from "./progress.ts";
@@ -192,11 +192,7 @@ class _Run {
   }
 
   /** Stage 2: admits one line; resolves false when the run must stop reading. */
-  async admit(
-    line: Parameters<typeof admitLine>[0],
-    seen: Set<string>,
-    answered: ReadonlySet<string>,
-  ) {
+  async admit(line: InputLine, seen: Set<string>, answered: ReadonlySet<string>): Promise<boolean> {
     const { options, tally, progress } = this;
     tally.total++;
     const admission = admitLine(line, { backend: options.backend, answered, seen });
