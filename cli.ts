@@ -232,6 +232,21 @@ const FLAGS: readonly Flag[] = [
     help: "embedding pooling over the final hidden states",
   },
   {
+    name: "backend",
+    type: "string",
+    value: "auto|webgpu|wasm",
+    default: "auto",
+    help:
+      "where the model runs: webgpu, wasm (WebAssembly SIMD on CPU threads); auto picks wasm on software adapters like llvmpipe or without one",
+  },
+  {
+    name: "threads",
+    type: "string",
+    value: "N",
+    default: "CPU count",
+    help: "worker threads of the wasm backend",
+  },
+  {
     name: "kernels",
     type: "string",
     value: "auto|cpu|gpu",
@@ -439,6 +454,7 @@ export function parseRunBatch(
   );
   const pooling = oneOf(str("pooling"), "pooling", ["last", "mean"] as const);
   const kernels = oneOf(str("kernels"), "kernels", ["auto", "cpu", "gpu"] as const);
+  const runsOn = oneOf(str("backend"), "backend", ["auto", "webgpu", "wasm"] as const);
   const log = {
     format: oneOf(str("log-format"), "log-format", ["text", "json"] as const) ?? "text",
     level: oneOf(str("log-level"), "log-level", LOG_LEVELS) ?? "info",
@@ -482,6 +498,8 @@ export function parseRunBatch(
       enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
       pooling,
       kernels,
+      backend: runsOn,
+      threads: positiveInt(str("threads"), "threads"),
       profile: values.profile === true,
     },
     batch: {

@@ -7,7 +7,8 @@
  * @module
  */
 import { basename, resolve } from "node:path";
-import { Gpu } from "./gpu/device.ts";
+import { Gpu, NoGpuError } from "./gpu/device.ts";
+import { chooseKernelClass } from "./gpu/registry.ts";
 import {
   type GenerationConfig,
   loadGenerationConfig,
@@ -64,7 +65,9 @@ export interface EngineOptions {
   readonly normalizeEmbeddings?: boolean;
   /**
    * Where the model runs: `"webgpu"` (WGSL kernels on the WebGPU adapter), `"wasm"`
-   * (WebAssembly SIMD on the CPU, in worker threads) or `"auto"` (the default: WebGPU).
+   * (WebAssembly SIMD on the CPU, in worker threads) or `"auto"` (the default: wasm when
+   * the adapter is a fallback or software one such as llvmpipe, or when there is none;
+   * WebGPU otherwise). A `gpu` given here is always used.
    */
   readonly backend?: "auto" | "webgpu" | "wasm";
   /** Worker threads of the wasm backend (default `navigator.hardwareConcurrency`). */
@@ -115,17 +118,32 @@ interface BackendChoice {
 
 /** Opens the backend the options ask for and states its limits. */
 async function openBackend(options: EngineOptions, shape: ModelShape): Promise<BackendChoice> {
-  if (options.backend === "wasm") {
-    return {
-      limits: wasmLimits(shape),
-      create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
-      abandon: () => {},
-    };
-  }
+  const wasm = (): BackendChoice => ({
+    limits: wasmLimits(shape),
+    create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
+    abandon: () => {},
+  });
+  if (options.backend === "wasm") return wasm();
   const vocabSize = shape.vocabSize;
   // A device the engine opens is the engine's: its runner destroys it last on close.
   const owned = options.gpu === undefined;
-  const gpu = options.gpu ?? await Gpu.open();
+  const auto = options.backend !== "webgpu" && owned;
+  let gpu: Gpu;
+  try {
+    gpu = options.gpu ?? await Gpu.open();
+  } catch (e) {
+    if (auto && e instanceof NoGpuError) return wasm();
+    throw e;
+  }
+  // A software rasteriser leaves most of the CPU unused: WebAssembly SIMD threads beat it.
+  const adapter = {
+    isFallbackAdapter: gpu.adapter.info.isFallbackAdapter,
+    description: gpu.description,
+  };
+  if (auto && chooseKernelClass("auto", adapter) === "cpu") {
+    gpu.destroy();
+    return wasm();
+  }
   return {
     limits: {
       maxKvBytesPerLayer: gpu.maxBinding - 16,

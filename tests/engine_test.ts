@@ -248,7 +248,7 @@ gpuTest(
   "close() destroys a device the engine opened, last, and leaves a given one alone",
   async (gpu) => {
     const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 3, ignoreEos: true };
-    const own = await Engine.load(MODEL, {}); // opens its own device
+    const own = await Engine.load(MODEL, { backend: "webgpu" }); // opens its own device
     await own.generate({ id: "a", promptIds: [300, 301], sampling });
     const device = (own.runner as ModelRunner).gpu;
     await own.close();

@@ -13,6 +13,8 @@ import { makeWasmRunner, relError } from "./_runners.ts";
 import { WasmMatmul } from "../engine/backends/wasm/matmul.ts";
 import { compileKernels, hasClang, moduleText, OUTPUT } from "../tools/build_wasm.ts";
 import { Engine } from "../engine/engine.ts";
+import { Gpu, NoGpuError } from "../engine/gpu/device.ts";
+import { chooseKernelClass } from "../engine/gpu/registry.ts";
 import { makeModelDir } from "../tools/make_fixture.ts";
 import { buildTokenizerFiles } from "../tools/_tokenizer_files.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
@@ -231,4 +233,25 @@ Deno.test("wasm logits match the reference with head_dim 10 and widths that are 
   assert(err < 1e-3, `relative error ${err}`);
   runner.destroy();
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("backend auto runs wasm on a software or fallback adapter or without one, else WebGPU", async () => {
+  let expected = "wasm";
+  try {
+    const gpu = await Gpu.open();
+    const adapter = {
+      isFallbackAdapter: gpu.adapter.info.isFallbackAdapter,
+      description: gpu.description,
+    };
+    if (chooseKernelClass("auto", adapter) === "gpu") expected = "webgpu";
+    gpu.destroy();
+  } catch (e) {
+    if (!(e instanceof NoGpuError)) throw e;
+  }
+  const engine = await Engine.load("models/ernie-tiny", { kvCacheMemory: 1 << 22 });
+  assert(
+    engine.runner.description.startsWith(`${expected}:`),
+    `auto chose "${engine.runner.description}", expected ${expected}`,
+  );
+  await engine.close();
 });
