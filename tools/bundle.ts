@@ -25,7 +25,17 @@ export const MAX_BUNDLE_BYTES = 64 * 2 ** 20;
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 /** Paths of the repository that the bundle leaves out. */
-const EXCLUDE = [/^tests\//, /^\.ci\//, /^\.git/, /^dist\//, /^bench\/tmp\//, /^examples\/output/];
+const EXCLUDE = [
+  /^tests\//,
+  /^\.ci\//,
+  /^\.git/,
+  /^dist\//,
+  /^bench\/tmp\//,
+  /^examples\/output/,
+  /^node\//, // the Node.js entry point has its own package (deno task build:node)
+  /^deploy\//,
+  /^deno\.lock$/,
+];
 
 const LAUNCHER = `#!/bin/sh
 # batchwright offline bundle: runs the bundled Deno on the bundled project, with every
@@ -125,6 +135,25 @@ async function projectFiles(): Promise<string[]> {
   return files.filter((f) => !EXCLUDE.some((re) => re.test(f)));
 }
 
+/**
+ * The bundled app's deno.json: the project's, with only the imports its own files
+ * use (test- and Node-only packages would otherwise be cached too: Dawn alone is
+ * 130 MiB) and no lockfile (its entries name every package of the project).
+ */
+async function writeAppConfig(app: string, files: readonly string[]): Promise<void> {
+  const config = JSON.parse(await Deno.readTextFile(join(app, "deno.json")));
+  const sources = await Promise.all(
+    files.filter((f) => f.endsWith(".ts")).map((f) => Deno.readTextFile(join(app, f))),
+  );
+  const used = (name: string) =>
+    sources.some((src) => src.includes(`"${name}"`) || src.includes(`"${name}/`));
+  config.imports = Object.fromEntries(
+    Object.entries(config.imports ?? {}).filter(([name]) => used(name)),
+  );
+  config.lock = false;
+  await Deno.writeTextFile(join(app, "deno.json"), JSON.stringify(config, null, 2) + "\n");
+}
+
 /** Builds the bundle folder (and tarball); returns their paths and the tarball's size. */
 export async function buildBundle(
   o: { out?: string; tar?: boolean; log?: (line: string) => void } = {},
@@ -150,8 +179,9 @@ export async function buildBundle(
       await Deno.mkdir(join(dir, "app", dirname(f)), { recursive: true });
       await Deno.copyFile(join(ROOT, f), join(dir, "app", f));
     }
-    log("caching npm dependencies in deno_dir/");
     const app = join(dir, "app");
+    await writeAppConfig(app, files);
+    log("caching npm dependencies in deno_dir/");
     await run(join(dir, "bin", "deno"), [
       "cache",
       "--config",
