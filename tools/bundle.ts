@@ -145,8 +145,10 @@ async function writeAppConfig(app: string, files: readonly string[]): Promise<vo
   const sources = await Promise.all(
     files.filter((f) => f.endsWith(".ts")).map((f) => Deno.readTextFile(join(app, f))),
   );
-  const used = (name: string) =>
-    sources.some((src) => src.includes(`"${name}"`) || src.includes(`"${name}/`));
+  const used = (name: string) => {
+    const spec = new RegExp(`(from|import)\\s*\\(?\\s*"${name.replace(/[/.]/g, "\\$&")}(/[^"]*)?"`);
+    return sources.some((src) => spec.test(src));
+  };
   config.imports = Object.fromEntries(
     Object.entries(config.imports ?? {}).filter(([name]) => used(name)),
   );
