@@ -60,11 +60,22 @@ export interface MetricsServer {
  *
  * @example
  * ```ts
+ * import { ApiBackend } from "../api/backend.ts";
+ * import { Engine } from "../engine/engine.ts";
+ * import { runBatch } from "./run_batch.ts";
  * const metrics = new BatchMetrics();
- * const engine = await Engine.load("models/ernie-tiny", { onStep: (s) => metrics.observeStep(s) });
+ * await using engine = await Engine.load("models/ernie-tiny", {
+ *   onStep: (s) => metrics.observeStep(s),
+ * });
  * metrics.attachEngine(engine);
- * const server = metrics.serve(9400); // scrape http://127.0.0.1:9400/metrics
- * await runBatch({ ..., onAnswer: (answer) => metrics.countAnswer(answer.counts) });
+ * const server = metrics.serve(0); // port 0: any free port; scrape http://127.0.0.1:PORT/metrics
+ * await runBatch({
+ *   input: "examples/input.jsonl",
+ *   output: await Deno.makeTempFile({ suffix: ".jsonl" }),
+ *   overwrite: true,
+ *   backend: new ApiBackend(engine),
+ *   onAnswer: (answer) => metrics.countAnswer(answer.counts),
+ * });
  * await server.close();
  * ```
  */
