@@ -110,7 +110,7 @@ export interface DroppingProxy {
  * mid-body); later connections are forwarded.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const proxy = startDroppingProxy(server.port, 1);
  * ```
  */

@@ -5,7 +5,7 @@
  * backend answers the same cases.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * defineLongContextTests("webgpu", (name, fn) =>
  *   gpuTest(name, (gpu) => fn((dir, o) => makeWebGpuRunner(gpu, dir, o))));
  * ```

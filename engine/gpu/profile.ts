@@ -234,6 +234,10 @@ const fixed = (x: number, digits: number) => x.toFixed(digits);
  *
  * @example
  * ```ts
+ * import { Engine } from "../engine.ts";
+ * import { DEFAULT_SAMPLING } from "../types.ts";
+ * await using engine = await Engine.load("models/ernie-tiny", { backend: "webgpu", profile: true });
+ * await engine.generate({ id: "a", promptIds: [5, 6, 7], sampling: DEFAULT_SAMPLING });
  * console.error(formatProfile(engine.kernelProfile()!));
  * ```
  */
