@@ -10,64 +10,18 @@
 // in that order, exactly as in gemv.wgsl, so a row's result is bit-identical whichever
 // kernel ran and whatever else is in the batch.
 
-override K: u32;             // input features
-override N: u32;             // output features held by this weight shard
-override N_TOTAL: u32;       // row stride of y
-override COL_OFFSET: u32;    // first column of y this shard writes
-override BF16: bool;         // W holds bf16 pairs (else f32 bits)
-override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
-override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
+// Prelude (prepended by engine/gpu/registry.ts): _matmul_io.wgsl, with the overrides
+// K, N, N_TOTAL, COL_OFFSET, BF16, ACCUMULATE, M_FROM_ROWS, the bindings step, x, w, y
+// and the readers x1, x4, w1, w4 that gemv.wgsl uses too.
 
 const WG = 64u;  // invocations per workgroup, along n
 const TM = 4u;   // rows per invocation
 const NV = 2u;   // vec4 accumulators per row
 const TN = 8u;   // columns per invocation (4 · NV)
 
-struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // (M, K) f32, as vec4
-@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;    // (N, K) bf16 pairs or f32 bits
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (M, N_TOTAL)
-
-// x element e (flat index into (M, K)).
-fn x1(e: u32) -> f32 {
-  return x[e >> 2u][e & 3u];
-}
-
-// x elements e..e+3; one vec4 load when rows are vec4-aligned (K % 4 == 0).
-fn x4(e: u32) -> vec4<f32> {
-  if (K % 4u == 0u) { return x[e >> 2u]; }
-  return vec4(x1(e), x1(e + 1u), x1(e + 2u), x1(e + 3u));
-}
-
-// u32 word i of the weight shard.
-fn word(i: u32) -> u32 {
-  return w[i >> 1u][i & 1u];
-}
-
-// W element e (flat index into (N, K)): bf16 e is the low half of word e/2 when e is even.
-fn w1(e: u32) -> f32 {
-  if (BF16) {
-    let bits = word(e >> 1u);
-    return bitcast<f32>(select(bits << 16u, bits & 0xffff0000u, (e & 1u) == 1u));
-  }
-  return bitcast<f32>(word(e));
-}
-
-// W elements e..e+3; one vec2<u32> load (bf16) or two (f32) when K % 4 == 0.
-fn w4(e: u32) -> vec4<f32> {
-  if (K % 4u != 0u) { return vec4(w1(e), w1(e + 1u), w1(e + 2u), w1(e + 3u)); }
-  if (BF16) {
-    let p = w[e >> 2u];
-    return bitcast<vec4<f32>>(vec4(p.x << 16u, p.x & 0xffff0000u, p.y << 16u, p.y & 0xffff0000u));
-  }
-  return bitcast<vec4<f32>>(vec4(w[e >> 1u], w[(e >> 1u) + 1u]));
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let M = select(step.num_tokens, step.num_logit_rows, M_FROM_ROWS);
+  let M = m_count();
   let n0 = gid.x * TN;
   let m0 = gid.y * TM;
   if (n0 >= N || m0 >= M) { return; }

@@ -12,23 +12,16 @@
 // fixed tree as in gemv_gpu.wgsl, a register row at a time through workgroup memory.
 // Arithmetic is f32 throughout (no f16).
 //
-// Summation order (the gpu class's contract, shared with gemv_gpu.wgsl): K is cut into
-// chunks of 4 (the last one padded with zeros); lane l sums chunks l, l + LANES, … in that
-// order, each chunk as fma(x, w, acc) over its 4 elements in k order, from acc = 0.0; the
-// LANES partial sums are then added in the fixed tree of `tree8`. So a row's result is
-// bit-identical whichever of the two kernels ran and whatever else is in the batch.
+// Summation order: the gpu class's, in _matmul_lanes.wgsl (shared with gemv_gpu.wgsl),
+// so a row's result is bit-identical whichever of the two kernels ran and whatever else
+// is in the batch.
 
-override K: u32;             // input features
-override N: u32;             // output features held by this weight shard
-override N_TOTAL: u32;       // row stride of y
-override COL_OFFSET: u32;    // first column of y this shard writes
-override BF16: bool;         // W holds bf16 pairs (else f32 bits)
-override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
-override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
+// Prelude (prepended by engine/gpu/registry.ts): _matmul_io.wgsl (the overrides K, N,
+// N_TOTAL, COL_OFFSET, BF16, ACCUMULATE, M_FROM_ROWS, the bindings step, x, w, y and
+// their readers), then _matmul_lanes.wgsl (LANES, x_chunk, w_chunk, fma_chunk, tree8).
 
 override PN: u32 = 8u;     // invocation blocks along n: 8, or 4 or 2 for narrow shards (registry.ts)
 
-const LANES = 8u;          // k lanes per output; must equal LANES in gemv_gpu.wgsl
 const PM = 4u;             // invocation blocks along m (ws holds the 2 · WG parked vec4s
                            // of a reduction round only while PM ≤ 4)
 const TM = 8u;             // rows per invocation
@@ -38,76 +31,16 @@ const BM = PM * TM;        // rows per tile
 override BN = PN * TN;     // columns per tile
 override WG = LANES * PM * PN;  // invocations (256, 128 or 64)
 
-struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;    // (M, K) f32, as vec4
-@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;    // (N, K) bf16 pairs or f32 bits
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (M, N_TOTAL)
-
 var<workgroup> xs: array<vec4<f32>, BM * LANES>;  // (BM, LANES) chunks of x: 4 KiB
 var<workgroup> ws: array<vec4<f32>, BN * LANES>;  // (BN, LANES) chunks of W: ≤ 8 KiB; then
                                                   // (WG, TN) lane sums of one register row
-
-// x element e (flat index into (M, K)).
-fn x1(e: u32) -> f32 {
-  return x[e >> 2u][e & 3u];
-}
-
-// W element e (flat index into (N, K)): bf16 e is the low half of word e/2 when e is even.
-fn w1(e: u32) -> f32 {
-  let i = select(e, e >> 1u, BF16);
-  let bits = w[i >> 1u][i & 1u];
-  if (BF16) { return bitcast<f32>(select(bits << 16u, bits & 0xffff0000u, (e & 1u) == 1u)); }
-  return bitcast<f32>(bits);
-}
-
-// Chunk c of x row m: x[m, 4c .. 4c+3], zeros past K.
-fn x_chunk(m: u32, c: u32) -> vec4<f32> {
-  if (K % 4u == 0u) { return x[m * (K / 4u) + c]; }
-  var v = vec4(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    if (4u * c + i < K) { v[i] = x1(m * K + 4u * c + i); }
-  }
-  return v;
-}
-
-// Chunk c of W row n: W[n, 4c .. 4c+3], zeros past K.
-fn w_chunk(n: u32, c: u32) -> vec4<f32> {
-  if (K % 4u == 0u) {
-    let e = n * K + 4u * c;
-    if (BF16) {
-      let p = w[e >> 2u];
-      return bitcast<vec4<f32>>(vec4(p.x << 16u, p.x & 0xffff0000u, p.y << 16u, p.y & 0xffff0000u));
-    }
-    return bitcast<vec4<f32>>(vec4(w[e >> 1u], w[(e >> 1u) + 1u]));
-  }
-  var v = vec4(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    if (4u * c + i < K) { v[i] = w1(n * K + 4u * c + i); }
-  }
-  return v;
-}
-
-// acc + x · w over one chunk, element by element in k order (same as gemv_gpu.wgsl).
-fn fma_chunk(xv: vec4<f32>, wv: vec4<f32>, acc: f32) -> f32 {
-  var s = fma(xv.x, wv.x, acc);
-  s = fma(xv.y, wv.y, s);
-  s = fma(xv.z, wv.z, s);
-  return fma(xv.w, wv.w, s);
-}
-
-// The fixed tree over the LANES = 8 lane sums (same as gemv_gpu.wgsl).
-fn tree8(p0: f32, p1: f32, p2: f32, p3: f32, p4: f32, p5: f32, p6: f32, p7: f32) -> f32 {
-  return ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7));
-}
 
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  let M = select(step.num_tokens, step.num_logit_rows, M_FROM_ROWS);
+  let M = m_count();
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
   if (m0 >= M || n0 >= N) { return; }  // uniform across the workgroup

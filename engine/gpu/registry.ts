@@ -18,6 +18,8 @@
  */
 import embeddingSrc from "../../shaders/embedding.wgsl" with { type: "text" };
 import rmsNormSrc from "../../shaders/rms_norm.wgsl" with { type: "text" };
+import matmulIoSrc from "../../shaders/_matmul_io.wgsl" with { type: "text" };
+import matmulLanesSrc from "../../shaders/_matmul_lanes.wgsl" with { type: "text" };
 import matmulSrc from "../../shaders/matmul.wgsl" with { type: "text" };
 import gemvSrc from "../../shaders/gemv.wgsl" with { type: "text" };
 import matmulGpuSrc from "../../shaders/matmul_gpu.wgsl" with { type: "text" };
@@ -77,6 +79,13 @@ export interface KernelTable {
 
 const k = (name: string, source: string): Kernel => ({ name, source });
 
+/**
+ * A matmul-family kernel: WGSL has no includes, so the preludes it shares with
+ * the other kernels of its family come first in its source (compiler messages
+ * count lines from the first prelude's first line).
+ */
+const withPreludes = (name: string, ...sources: string[]): Kernel => k(name, sources.join("\n"));
+
 const SHARED = {
   embedding: { kernel: k("embedding", embeddingSrc), constants: {} },
   rmsNorm: { kernel: k("rms_norm", rmsNormSrc), constants: {} },
@@ -94,9 +103,17 @@ const TABLES: Readonly<Record<KernelClass, KernelTable>> = {
     ops: {
       ...SHARED,
       // 64 invocations × 4 columns; one row per workgroup.
-      gemv: { kernel: k("gemv", gemvSrc), constants: {}, tile: { n: 256, m: 1 } },
+      gemv: {
+        kernel: withPreludes("gemv", matmulIoSrc, gemvSrc),
+        constants: {},
+        tile: { n: 256, m: 1 },
+      },
       // 64 invocations × (4 rows × 8 columns).
-      matmul: { kernel: k("matmul", matmulSrc), constants: {}, tile: { n: 512, m: 4 } },
+      matmul: {
+        kernel: withPreludes("matmul", matmulIoSrc, matmulSrc),
+        constants: {},
+        tile: { n: 512, m: 4 },
+      },
     },
     gemvMaxRows: 1,
   },
@@ -104,14 +121,14 @@ const TABLES: Readonly<Record<KernelClass, KernelTable>> = {
     ops: {
       ...SHARED,
       gemv: {
-        kernel: k("gemv_gpu", gemvGpuSrc),
+        kernel: withPreludes("gemv_gpu", matmulIoSrc, matmulLanesSrc, gemvGpuSrc),
         constants: { ROWS: GEMV_GPU_ROWS },
         tile: { n: GEMV_GPU_ROWS, m: 1 },
       },
       // BN × BM = 8·PN × 32 output tiles: 64 × 32, and for N ≤ 4096 (qkv at 0.3B) 32 × 32,
       // for N ≤ 1024 (o, down) 16 × 32, so that 64 rows of N = 1024 launch 128 workgroups.
       matmul: {
-        kernel: k("matmul_gpu", matmulGpuSrc),
+        kernel: withPreludes("matmul_gpu", matmulIoSrc, matmulLanesSrc, matmulGpuSrc),
         constants: { PN: 8 },
         tile: { n: 64, m: 32 },
         narrow: [
