@@ -25,9 +25,11 @@ const required = Deno.env.get(REQUIRE_GPU_ENV) === "1";
 const missing = `No WebGPU adapter opened, but ${REQUIRE_GPU_ENV}=1 says one must exist: ` +
   opened.reason;
 if (!opened.gpu) console.error(required ? missing : `GPU tests skipped: ${opened.reason}`);
-// The shared device goes once every test of the file ran (each test frees its
-// own buffers), so the process never exits with a live device.
-Deno.test.afterAll(() => {
+// The shared device goes once every test of the file ran and its queue is idle
+// (Gpu.destroy frees the buffers tests left, then the device), so the process
+// never exits with a live device.
+Deno.test.afterAll(async () => {
+  await opened.gpu?.device.queue.onSubmittedWorkDone();
   opened.gpu?.destroy();
 });
 

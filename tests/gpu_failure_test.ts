@@ -151,3 +151,27 @@ gpuTest("an allocation that does not fit names what failed and the remedy", asyn
   );
   assertEquals(gpu.failure, null, "a caught error is not the device's failure");
 });
+
+gpuTest("Gpu.destroy frees the live buffers made through it first, then the device", async () => {
+  const gpu = await Gpu.open();
+  const calls: string[] = [];
+  const spy = <T extends { destroy(): void }>(x: T, name: string): T => {
+    const destroy = x.destroy.bind(x);
+    x.destroy = () => {
+      calls.push(name);
+      destroy();
+    };
+    return x;
+  };
+  const kept = [
+    spy(gpu.storage("a", 64), "a"),
+    spy(gpu.uniform("b", 16), "b"),
+    spy(gpu.readback("c", 16), "c"),
+  ];
+  spy(gpu.device, "device");
+  await gpu.read(kept[0]!, 16); // its own staging buffer is made and freed on the way
+  gpu.destroy();
+  assertEquals(calls.at(-1), "device");
+  assertEquals(calls.slice(0, -1).sort(), ["a", "b", "c"]);
+  assertEquals(gpu.failure, null);
+});

@@ -32,6 +32,8 @@ export class Gpu {
 
   #failure: Error | null = null;
   #destroyed = false;
+  readonly #buffers = new Set<WeakRef<GPUBuffer>>();
+  #pruneAt = 1024;
 
   private constructor(
     readonly adapter: GPUAdapter,
@@ -152,29 +154,43 @@ export class Gpu {
 
   /** A storage buffer (rounded up to 16 bytes) that can be copied to and from. */
   storage(label: string, bytes: number): GPUBuffer {
-    return this.device.createBuffer({
+    return this.#track(this.device.createBuffer({
       label,
       size: Math.max(16, Math.ceil(bytes / 16) * 16),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-    });
+    }));
   }
 
   /** A uniform buffer (rounded up to 16 bytes). */
   uniform(label: string, bytes: number): GPUBuffer {
-    return this.device.createBuffer({
+    return this.#track(this.device.createBuffer({
       label,
       size: Math.max(16, Math.ceil(bytes / 16) * 16),
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    });
+    }));
   }
 
   /** A buffer the host can map for reading. */
   readback(label: string, bytes: number): GPUBuffer {
-    return this.device.createBuffer({
+    return this.#track(this.device.createBuffer({
       label,
       size: Math.max(16, Math.ceil(bytes / 16) * 16),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
+    }));
+  }
+
+  /**
+   * Remembers a buffer made on this device (weakly: a buffer nobody holds may
+   * still be collected), so that {@linkcode destroy} frees every live one
+   * before the device: buffers first, the device last.
+   */
+  #track(buffer: GPUBuffer): GPUBuffer {
+    this.#buffers.add(new WeakRef(buffer));
+    if (this.#buffers.size >= this.#pruneAt) {
+      for (const ref of this.#buffers) if (ref.deref() === undefined) this.#buffers.delete(ref);
+      this.#pruneAt = 2 * Math.max(512, this.#buffers.size);
+    }
+    return buffer;
   }
 
   /** Creates a storage buffer holding `data` (padded to 16 bytes). */
@@ -256,9 +272,15 @@ export class Gpu {
     if (this.#failure) throw new Error(`${what}: ${this.#failure.message}`);
   }
 
-  /** Releases the device (not a failure: `failure` stays null). */
+  /**
+   * Releases the device (not a failure: `failure` stays null): every live
+   * buffer made through this object first, then the device, so that nothing
+   * of it is left for exit-time teardown. Call it with no work in flight.
+   */
   destroy(): void {
     this.#destroyed = true;
+    for (const ref of this.#buffers) ref.deref()?.destroy();
+    this.#buffers.clear();
     this.#pipelines.clear();
     this.#modules.clear();
     this.device.destroy();
