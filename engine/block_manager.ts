@@ -137,25 +137,26 @@ export class BlockManager {
   /**
    * Gives a waiting sequence blocks for all its current tokens, reusing cached
    * full blocks of its prefix; the last token is always left to compute so its
-   * logits exist. Sets `numComputedTokens` and `numCachedTokens`.
+   * logits exist. Sets `numCachedTokens`; returns how many leading tokens
+   * already have K/V (the prefix-cache hits), for the scheduler to record.
    */
-  allocate(seq: Sequence): void {
+  allocate(seq: Sequence): number {
     if (seq.blockTable.length !== 0) throw new Error(`Sequence "${seq.id}" already has blocks`);
     if (!this.canAllocate(seq)) throw new Error(`Not enough KV blocks for sequence "${seq.id}"`);
     const hits = this.#matchPrefix(seq);
     for (const b of hits) {
       if (this.#refCount[b] === 0) this.#evictable.delete(b);
       this.#refCount[b]!++;
-      seq.blockTable.push(b);
+      seq.appendBlock(b);
     }
     const needed = this.blocksFor(seq.numTokens);
-    while (seq.blockTable.length < needed) seq.blockTable.push(this.#take());
+    while (seq.blockTable.length < needed) seq.appendBlock(this.#take());
     const hitTokens = hits.length * this.blockSize;
-    seq.numComputedTokens = hitTokens;
-    seq.numCachedTokens = Math.min(hitTokens, seq.numPromptTokens);
+    seq.setNumCachedTokens(Math.min(hitTokens, seq.numPromptTokens));
     this.numCachedBlocksHit += hits.length;
     this.queriedTokens += seq.numTokens;
     this.hitTokens += hitTokens;
+    return hitTokens;
   }
 
   /** Whether the sequence's next token has a slot (possibly needing one new block). */
@@ -167,17 +168,17 @@ export class BlockManager {
   mayAppend(seq: Sequence): void {
     const short = this.#blocksShort(seq);
     if (short > this.numFreeBlocks) throw new Error(`No KV block left for sequence "${seq.id}"`);
-    for (let i = 0; i < short; i++) seq.blockTable.push(this.#take());
+    for (let i = 0; i < short; i++) seq.appendBlock(this.#take());
   }
 
   /**
    * Registers in the prefix cache every block that became full of computed
-   * tokens since `prevComputed` (call after advancing `numComputedTokens`).
+   * tokens when the computed count went from `prevComputed` to `numComputed`.
    */
-  registerComputed(seq: Sequence, prevComputed: number): void {
+  registerComputed(seq: Sequence, prevComputed: number, numComputed: number): void {
     if (!this.enablePrefixCaching) return;
     const B = this.blockSize;
-    const full = Math.floor(seq.numComputedTokens / B);
+    const full = Math.floor(numComputed / B);
     for (let i = Math.floor(prevComputed / B); i < full; i++) {
       const b = seq.blockTable[i]!;
       if (this.#hash[b] !== NO_HASH) continue; // a prefix-cache hit: already registered
@@ -196,8 +197,9 @@ export class BlockManager {
   /** Releases a sequence's blocks; cached ones stay reusable until evicted. */
   free(seq: Sequence): void {
     // Last blocks first, so a sequence's tail is evicted before its (more shared) head.
-    for (let i = seq.blockTable.length - 1; i >= 0; i--) {
-      const b = seq.blockTable[i]!;
+    const blocks = seq.takeBlocks();
+    for (let i = blocks.length - 1; i >= 0; i--) {
+      const b = blocks[i]!;
       const rc = --this.#refCount[b]!;
       if (rc < 0) throw new Error(`Block ${b} freed twice`);
       if (rc > 0) continue;
@@ -205,7 +207,6 @@ export class BlockManager {
       if (h !== NO_HASH && this.#byHash.get(h) === b) this.#evictable.add(b);
       else this.#release(b);
     }
-    seq.blockTable = [];
   }
 
   /** Cached blocks answering the sequence's full prefix blocks, excluding its last token. */

@@ -106,7 +106,7 @@ export class Scheduler<S = unknown> {
     if (seq.status !== "waiting" || this.#live.has(seq.id)) {
       throw new Error(`Sequence "${seq.id}" was already added`);
     }
-    seq.arrival = this.#nextArrival++;
+    seq.setArrival(this.#nextArrival++);
     this.#live.set(seq.id, seq);
     this.#waiting.pushBack(seq);
   }
@@ -165,14 +165,13 @@ export class Scheduler<S = unknown> {
       if (reason !== null) {
         this.#waiting.shift();
         this.#live.delete(seq.id);
-        seq.status = "finished";
+        seq.markFinished();
         rejected.push({ seq, reason });
         continue;
       }
       if (!bm.canAllocate(seq)) break;
       this.#waiting.shift();
-      bm.allocate(seq);
-      seq.status = "running";
+      seq.markRunning(bm.allocate(seq));
       this.#insertRunning(seq);
       const count = Math.min(this.#remaining(seq), budget);
       items.push(this.#chunk(seq, count));
@@ -191,8 +190,8 @@ export class Scheduler<S = unknown> {
       if (seq.numComputedTokens !== start) {
         throw new Error(`Sequence "${seq.id}" was committed out of order`);
       }
-      seq.numComputedTokens += count;
-      this.blockManager.registerComputed(seq, start);
+      seq.advanceComputed(count);
+      this.blockManager.registerComputed(seq, start, seq.numComputedTokens);
     }
   }
 
@@ -241,8 +240,7 @@ export class Scheduler<S = unknown> {
   #preempt(seq: Sequence<S>): void {
     this.blockManager.free(seq);
     this.#running.splice(this.#running.indexOf(seq), 1);
-    seq.numComputedTokens = 0;
-    seq.status = "waiting";
+    seq.markWaiting();
     this.#waiting.pushFront(seq);
     this.preemptions++;
   }
@@ -254,7 +252,7 @@ export class Scheduler<S = unknown> {
       this.#running.splice(this.#running.indexOf(seq), 1);
     } else if (seq.status === "waiting") this.#waiting.remove(seq);
     this.#live.delete(seq.id);
-    seq.status = "finished";
+    seq.markFinished();
   }
 
   /** Why a waiting sequence can never run, or null when it can. */

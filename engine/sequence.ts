@@ -2,6 +2,16 @@
  * One sequence's state as it moves through the scheduler: its tokens, how
  * many of them already have K/V in the cache, and which KV blocks hold them.
  *
+ * Each counter has one writer, so it can be reasoned about from one file:
+ * - the engine appends sampled tokens (`appendToken`);
+ * - the scheduler (engine/scheduler.ts) moves `status`, sets `arrival` and
+ *   advances `numComputedTokens` (the `mark…`, `setArrival` and
+ *   `advanceComputed` methods);
+ * - the block manager (engine/block_manager.ts) fills and empties
+ *   `blockTable` and sets `numCachedTokens` (`appendBlock`, `takeBlocks`,
+ *   `setNumCachedTokens`).
+ * Everyone else reads them through getters.
+ *
  * @module
  */
 
@@ -33,17 +43,15 @@ export class Sequence<S = unknown> {
   /** Prompt ids followed by generated ids: (numTokens). */
   readonly tokenIds: number[];
   readonly numPromptTokens: number;
-  /** How many leading tokens already have K/V in the cache. */
-  numComputedTokens = 0;
-  /** Prompt tokens served from the prefix cache at the last admission. */
-  numCachedTokens = 0;
-  /** Physical KV block ids: block i holds positions [i·B, (i+1)·B). */
-  blockTable: number[] = [];
-  status: SequenceStatus = "waiting";
-  /** Order of arrival in the scheduler (set by `Scheduler.add`); larger is newer. */
-  arrival = -1;
   /** The engine's per-sequence extras; the scheduler never reads it. */
   state: S | undefined;
+  // Written only by the scheduler.
+  #status: SequenceStatus = "waiting";
+  #arrival = -1;
+  #numComputedTokens = 0;
+  // Written only by the block manager.
+  #blockTable: number[] = [];
+  #numCachedTokens = 0;
 
   constructor(request: GenerateRequest, state?: S) {
     this.id = request.id;
@@ -78,6 +86,78 @@ export class Sequence<S = unknown> {
   /** Appends a sampled token; its K/V is computed by the next decode step. */
   appendToken(id: number): void {
     this.tokenIds.push(id);
+  }
+
+  /** Where the sequence is (the scheduler's). */
+  get status(): SequenceStatus {
+    return this.#status;
+  }
+
+  /** Order of arrival in the scheduler (set by `Scheduler.add`); larger is newer. */
+  get arrival(): number {
+    return this.#arrival;
+  }
+
+  /** How many leading tokens already have K/V in the cache (the scheduler's). */
+  get numComputedTokens(): number {
+    return this.#numComputedTokens;
+  }
+
+  /** Physical KV block ids: block i holds positions [i·B, (i+1)·B) (the block manager's). */
+  get blockTable(): readonly number[] {
+    return this.#blockTable;
+  }
+
+  /** Prompt tokens served from the prefix cache at the last admission (the block manager's). */
+  get numCachedTokens(): number {
+    return this.#numCachedTokens;
+  }
+
+  /** Scheduler only: the sequence is the `arrival`-th ever queued. */
+  setArrival(arrival: number): void {
+    this.#arrival = arrival;
+  }
+
+  /** Scheduler only: admitted, with its first `numComputed` tokens' K/V already cached. */
+  markRunning(numComputed: number): void {
+    this.#status = "running";
+    this.#numComputedTokens = numComputed;
+  }
+
+  /** Scheduler only: the K/V of `count` more tokens was computed. */
+  advanceComputed(count: number): void {
+    this.#numComputedTokens += count;
+  }
+
+  /** Scheduler only: preempted (its blocks already freed); everything is recomputed on readmission. */
+  markWaiting(): void {
+    this.#status = "waiting";
+    this.#numComputedTokens = 0;
+  }
+
+  /** Scheduler only: done, rejected or aborted. */
+  markFinished(): void {
+    this.#status = "finished";
+  }
+
+  /** Block manager only: block `block` holds the next B positions. */
+  appendBlock(block: number): void {
+    this.#blockTable.push(block);
+  }
+
+  /**
+   * Block manager only: empties the block table and returns what it held. The
+   * table is replaced, not cleared, so a step still holding it is unaffected.
+   */
+  takeBlocks(): readonly number[] {
+    const blocks = this.#blockTable;
+    this.#blockTable = [];
+    return blocks;
+  }
+
+  /** Block manager only: prompt tokens served from the prefix cache at this admission. */
+  setNumCachedTokens(n: number): void {
+    this.#numCachedTokens = n;
   }
 }
 
