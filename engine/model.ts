@@ -56,9 +56,13 @@ export interface ModelWeights {
   readonly bytes: number;
 }
 
-/** The step buffers the dispatches read and write, allocated by the runner. */
+/**
+ * The step buffers the dispatches read and write, allocated by the runner. Per
+ * step: T tokens, S sequences, R output rows (the L sample rows first, then the
+ * rows whose hidden state is returned); buffers are sized for the largest step.
+ */
 export interface StepBuffers {
-  readonly step: GPUBuffer; // uniform {num_tokens, num_rows}
+  readonly step: GPUBuffer; // uniform {num_tokens: T, num_rows: R, num_logit_rows: L, 0}
   readonly ids: GPUBuffer; // (T) u32
   readonly positions: GPUBuffer; // (T) u32
   readonly slots: GPUBuffer; // (T) u32 cache slot of each token
@@ -73,8 +77,8 @@ export interface StepBuffers {
   readonly gateUp: GPUBuffer; // (T, 2·I)
   readonly act: GPUBuffer; // (T, I)
   readonly final: GPUBuffer; // (R, H) final-normed rows
-  readonly logits: GPUBuffer; // (R, V)
-  readonly sampled: GPUBuffer; // (R) u32 argmax ids
+  readonly logits: GPUBuffer; // (L, V) logits of the sample rows
+  readonly sampled: GPUBuffer; // (L) u32 sampled (or argmax) ids
   readonly kCache: readonly GPUBuffer[]; // per layer (slots, HKV, D)
   readonly vCache: readonly GPUBuffer[]; // per layer (slots, HKV, D)
 }
@@ -83,9 +87,9 @@ export interface StepBuffers {
 export interface ForwardPlan {
   /** Embedding through the last layer, then the final norm of the output rows. */
   readonly body: readonly Dispatch[];
-  /** lm_head on the output rows. */
+  /** lm_head on the first L output rows (the sample rows). */
   readonly logits: readonly Dispatch[];
-  /** Greedy ids of the output rows. */
+  /** Greedy ids of the L sample rows. */
   readonly argmax: readonly Dispatch[];
 }
 

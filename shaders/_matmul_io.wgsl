@@ -12,11 +12,11 @@ override BF16: bool;         // W holds bf16 pairs (else f32 bits)
 override ACCUMULATE: bool;   // add to y instead of overwriting (fused residual add)
 override M_FROM_ROWS: bool;  // M is step.num_logit_rows instead of step.num_tokens
 
-// The step uniform (engine/gpu/kernels.ts, STEP_UNIFORM_BYTES).
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts).
 struct Step {
-  num_tokens: u32,      // tokens of this step: rows of x for M_FROM_ROWS = false
-  num_rows: u32,        // sequences in this step
-  num_logit_rows: u32,  // rows whose logits are wanted: M for M_FROM_ROWS = true
+  num_tokens: u32,      // T: tokens of the step, M unless M_FROM_ROWS
+  num_rows: u32,        // R: output rows, the sample rows first (unused here)
+  num_logit_rows: u32,  // L: sample rows, M with M_FROM_ROWS (lm_head)
   pad: u32,
 }
 

@@ -5,11 +5,13 @@ override VALID: u32;    // real vocabulary size
 override STRIDE: u32;   // row length of logits
 const WG = 256u;
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (R, STRIDE)
-@group(0) @binding(2) var<storage, read_write> ids: array<u32>;  // (R)
+@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (L, STRIDE)
+@group(0) @binding(2) var<storage, read_write> ids: array<u32>;  // (L)
 
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;

@@ -6,6 +6,8 @@ override ROW_START: u32;   // first vocabulary row held by this shard
 override ROWS: u32;        // rows held by this shard
 override BF16: bool;       // table holds bf16 pairs (else f32 bits)
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;

@@ -1,12 +1,15 @@
 // RMSNorm: out[r] = w ⊙ x[src(r)] / sqrt(mean(x[src(r)]²) + EPS), in f32.
 // With GATHER, row r reads x[rows[r]] and there are step.num_rows rows (the
-// last token of each sequence that needs logits); otherwise step.num_tokens.
+// output rows: the last token of each sequence that samples, then the tokens
+// whose hidden state is returned); otherwise step.num_tokens.
 
 override HIDDEN: u32;     // H
 override EPS: f32;
 override GATHER: bool;
 override WG: u32 = 128u;
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;

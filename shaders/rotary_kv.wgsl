@@ -15,6 +15,8 @@ const TWO_PI_HI = 6.28125;
 const TWO_PI_LO = 0.0019353071795864769;
 const INV_TWO_PI = 0.15915494309189535;
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;

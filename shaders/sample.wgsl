@@ -19,6 +19,8 @@ const NONE = 0xffffffffu;
 const NEG = -3.4e38;
 const INF_BITS = 0x7f800000u;
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 struct Row {
@@ -37,10 +39,10 @@ struct Row {
 struct Edit { id: u32, bias: f32, rep: f32, sub: f32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // (R, STRIDE); sampled rows are overwritten
-@group(0) @binding(2) var<storage, read> rows: array<Row>;          // (R)
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // (L, STRIDE); sampled rows are overwritten
+@group(0) @binding(2) var<storage, read> rows: array<Row>;          // (L)
 @group(0) @binding(3) var<storage, read> edits: array<Edit>;        // (E) all rows' edits
-@group(0) @binding(4) var<storage, read_write> ids: array<u32>;     // (R) chosen ids
+@group(0) @binding(4) var<storage, read_write> ids: array<u32>;     // (L) chosen ids
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;

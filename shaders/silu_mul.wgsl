@@ -2,6 +2,8 @@
 
 override I: u32;  // intermediate size
 
+// The step uniform (STEP_UNIFORM_BYTES in engine/gpu/kernels.ts): T tokens, R output
+// rows (the L sample rows first, then hidden-state rows), L sample rows.
 struct Step { num_tokens: u32, num_rows: u32, num_logit_rows: u32, pad: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;

@@ -1,6 +1,8 @@
 /**
  * An independent float64 CPU reference of the ERNIE-4.5 forward pass, written
- * straight from ERNIE45.md, for checking the engine. It reads
+ * straight from the published model code (Hugging Face transformers'
+ * `models/ernie4_5/`: RMSNorm with eps inside the root, interleaved RoPE,
+ * grouped-query attention, SiLU-gated MLP), for checking the engine. It reads
  * `model.safetensors` (torch layout) with its own minimal parser and decodes
  * bf16 / f16 / f32 itself, sharing no code with `engine/loader/`.
  *
@@ -115,9 +117,9 @@ export function ropeInterleaved(x: Float64Array, pos: number, theta: number): Fl
 }
 
 /**
- * Interleaved RoPE of one head vector with the angles the spec computes in f32
- * (ERNIE45.md: angle = pos · inv_freq[i], both f32, rounded once more), then
- * sin, cos and the rotation in float64. At large positions this is the
+ * Interleaved RoPE of one head vector with the angles the model code computes
+ * in f32 (angle = pos · inv_freq[i], both f32, rounded once more), then sin,
+ * cos and the rotation in float64. At large positions this is the
  * model's own rotation, which the float64-angle {@linkcode ropeInterleaved}
  * differs from by up to angle · 2⁻²³.
  */

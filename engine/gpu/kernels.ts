@@ -58,7 +58,11 @@ export interface ShardedWeight {
   }[];
 }
 
-/** Bytes of the uniform all dispatches of a step share: {num_tokens, num_rows, num_logit_rows, 0}. */
+/**
+ * Bytes of the uniform all dispatches of a step share, `struct Step` in the
+ * shaders: {num_tokens, num_rows, num_logit_rows, 0} u32, the T, R and L of
+ * {@linkcode StepShape}.
+ */
 export const STEP_UNIFORM_BYTES = 16;
 
 const ceil = (a: number, b: number) => Math.ceil(a / b);

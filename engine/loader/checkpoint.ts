@@ -1,7 +1,7 @@
 /**
  * Turns whatever layout a checkpoint has into canonical torch-layout tensors
  * (`[out, in]`, fused QKV and gate/up rows), one at a time, so memory stays
- * bounded by the largest tensor. Three layouts occur (see ERNIE45.md):
+ * bounded by the largest tensor. Three layouts occur in published checkpoints:
  * torch (`model.` prefix, separate q/k/v and gate/up), torch with fused
  * `qkv_proj` / `up_gate_proj` rows (sometimes under `ernie.`), and Paddle
  * (`ernie.` prefix, `[in, out]`, fused columns). The orientation of the whole
