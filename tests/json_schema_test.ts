@@ -216,6 +216,7 @@ Deno.test("unsupported schema keywords are errors that name the keyword", () => 
     [{ type: "object", properties: { a: { type: "integer", minimum: 1e-9 } } }, "minimum"],
     [{ $ref: "https://example.com/s.json" }, "$ref"],
     [{ type: "object", properties: {}, required: ["x"] }, "required"],
+    [{ type: "string", maxLength: 1000 }, "maxLength"],
   ];
   for (const [s, keyword] of cases) {
     const e = thrown(() => schemaToEbnf(s), SchemaError);
