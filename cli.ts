@@ -255,6 +255,14 @@ const FLAGS: readonly Flag[] = [
       "WebGPU kernel class: cpu (software adapters like llvmpipe), gpu (real GPUs), auto picks by adapter",
   },
   {
+    name: "kv-cache-dtype",
+    type: "string",
+    value: "auto|f16|f32",
+    default: "auto",
+    help:
+      "KV cache storage: f16 holds twice the tokens of f32 in --kv-cache-memory (webgpu only); auto is f16 for gpu kernels on a device with shader-f16, else f32",
+  },
+  {
     name: "profile",
     type: "boolean",
     default: "false",
@@ -454,6 +462,11 @@ export function parseRunBatch(
   );
   const pooling = oneOf(str("pooling"), "pooling", ["last", "mean"] as const);
   const kernels = oneOf(str("kernels"), "kernels", ["auto", "cpu", "gpu"] as const);
+  const kvCacheDtype = oneOf(
+    str("kv-cache-dtype"),
+    "kv-cache-dtype",
+    ["auto", "f16", "f32"] as const,
+  );
   const runsOn = oneOf(str("backend"), "backend", ["auto", "webgpu", "wasm"] as const);
   const log = {
     format: oneOf(str("log-format"), "log-format", ["text", "json"] as const) ?? "text",
@@ -498,6 +511,7 @@ export function parseRunBatch(
       enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
       pooling,
       kernels,
+      kvCacheDtype,
       backend: runsOn,
       threads: positiveInt(str("threads"), "threads"),
       profile: values.profile === true,

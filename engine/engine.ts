@@ -8,7 +8,7 @@
  */
 import { basename, resolve } from "node:path";
 import { Gpu, NoGpuError } from "./gpu/device.ts";
-import { chooseKernelClass } from "./gpu/registry.ts";
+import { chooseKernelClass, chooseKvCacheDtype } from "./gpu/registry.ts";
 import {
   type GenerationConfig,
   loadGenerationConfig,
@@ -85,6 +85,12 @@ export interface EngineOptions {
    */
   readonly kernels?: "auto" | "cpu" | "gpu";
   /**
+   * How the KV cache stores keys and values: `"f32"`, `"f16"` (half the bytes, so twice the
+   * tokens in the same --kv-cache-memory; WebGPU only) or `"auto"` (the default: f16 for the
+   * `gpu` kernel class on a device with `shader-f16`, f32 otherwise).
+   */
+  readonly kvCacheDtype?: "auto" | "f16" | "f32";
+  /**
    * Time every kernel of every step on the GPU (timestamp queries; one compute pass per
    * kernel, so steps run slower): read it with {@linkcode Engine.kernelProfile}.
    */
@@ -118,11 +124,19 @@ interface BackendChoice {
 
 /** Opens the backend the options ask for and states its limits. */
 async function openBackend(options: EngineOptions, shape: ModelShape): Promise<BackendChoice> {
-  const wasm = (): BackendChoice => ({
-    limits: wasmLimits(shape),
-    create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
-    abandon: () => {},
-  });
+  const wasm = (): BackendChoice => {
+    if (options.kvCacheDtype === "f16") {
+      throw new Error(
+        "--kv-cache-dtype f16 needs the webgpu backend (the wasm backend keeps f32): " +
+          "add --backend webgpu, or drop --kv-cache-dtype",
+      );
+    }
+    return {
+      limits: wasmLimits(shape),
+      create: (shape, source, o) => WasmRunner.create(shape, source, o, options),
+      abandon: () => {},
+    };
+  };
   if (options.backend === "wasm") return wasm();
   const vocabSize = shape.vocabSize;
   // A device the engine opens is the engine's: its runner destroys it last on close.
@@ -144,15 +158,22 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
     gpu.destroy();
     return wasm();
   }
+  const kvCacheDtype = chooseKvCacheDtype(
+    options.kvCacheDtype ?? "auto",
+    chooseKernelClass(options.kernels ?? "auto", adapter),
+    gpu.hasF16,
+  );
   return {
     limits: {
       maxKvBytesPerLayer: gpu.maxBinding - 16,
       defaultKvBytes: 2 * GIB,
       maxLogitRows: Math.floor(gpu.maxBinding / (vocabSize * 4)),
+      kvBytesPerValue: kvCacheDtype === "f16" ? 2 : 4,
     },
     create: (shape, source, o) =>
       ModelRunner.create(gpu, shape, source, o, {
         kernels: options.kernels,
+        kvCacheDtype,
         profile: options.profile,
         ownsDevice: owned,
       }),
@@ -223,6 +244,7 @@ export class Engine {
         | "backend"
         | "threads"
         | "kernels"
+        | "kvCacheDtype"
         | "profile"
         | "servedModelName"
         | "kvCacheMemory"
@@ -287,7 +309,8 @@ export class Engine {
         `--max-model-len ${options.maxModelLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`,
       );
     }
-    const bytesPerToken = config.numKvHeads * config.headDim * 4; // one layer, K or V
+    // One layer, K or V.
+    const bytesPerToken = config.numKvHeads * config.headDim * (limits.kvBytesPerValue ?? 4);
     const maxNumSeqs = Math.min(options.maxNumSeqs ?? 64, limits.maxLogitRows);
     const budget = options.kvCacheMemory ?? limits.defaultKvBytes;
     const tokensByBudget = Math.floor(budget / (2 * config.numLayers * bytesPerToken));
@@ -344,9 +367,12 @@ export class Engine {
    *
    * @example
    * ```ts
-   * const engine = await Engine.load("models/ernie-tiny", { profile: true });
-   * // ... generate ...
-   * console.error(formatProfile(engine.kernelProfile()!));
+   * import { formatProfile } from "./gpu/profile.ts";
+   * import { DEFAULT_SAMPLING } from "./types.ts";
+   * await using engine = await Engine.load("models/ernie-tiny", { backend: "webgpu", profile: true });
+   * await engine.generate({ id: "a", promptIds: [5, 6, 7], sampling: DEFAULT_SAMPLING });
+   * const profile = engine.kernelProfile();
+   * if (profile) console.error(formatProfile(profile));
    * ```
    */
   kernelProfile(): KernelProfile | undefined {

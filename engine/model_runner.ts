@@ -8,8 +8,22 @@
  */
 import type { Gpu } from "./gpu/device.ts";
 import { type KernelProfile, KernelProfiler } from "./gpu/profile.ts";
-import { encode, STEP_UNIFORM_BYTES } from "./gpu/kernels.ts";
-import { chooseKernelClass, type KernelChoice, type KernelClass } from "./gpu/registry.ts";
+import { encode, STEP_UNIFORM_BYTES, type StepShape } from "./gpu/kernels.ts";
+import {
+  chooseKernelClass,
+  chooseKvCacheDtype,
+  type KernelChoice,
+  type KernelClass,
+  kernelTable,
+  type KvCacheDtype,
+} from "./gpu/registry.ts";
+import {
+  type AttentionLayout,
+  attentionLayout,
+  attentionWork,
+  maxPrefillTiles,
+  partialsSize,
+} from "./gpu/attention_gpu.ts";
 import {
   type ForwardPlan,
   type ModelShape,
@@ -28,6 +42,8 @@ export type { RunnerOptions, StepResult, StepSeq };
 export interface WebGpuRunnerOptions {
   /** Kernel class: `auto` (default) picks `cpu` on software adapters, `gpu` elsewhere. */
   readonly kernels?: KernelChoice;
+  /** KV cache storage: `auto` (default) is f16 for the gpu class on a device with shader-f16. */
+  readonly kvCacheDtype?: KvCacheDtype;
   /** Time every kernel of every step (engine/gpu/profile.ts); steps run one pass per kernel. */
   readonly profile?: boolean;
   /** `destroy()` also destroys the device, last (the engine opened it for this runner). */
@@ -56,8 +72,12 @@ export class ModelRunner implements Runner {
     readonly kvBytes: number,
     /** The kernel class every dispatch of the plan uses. */
     readonly kernelClass: KernelClass,
+    /** How the KV cache stores keys and values. */
+    readonly kvCacheDtype: "f16" | "f32",
+    /** How gpu-class attention cuts the context (absent for the cpu class). */
+    readonly attentionLayout: AttentionLayout | undefined,
   ) {
-    this.description = `webgpu: ${gpu.description} (${kernelClass} kernels)`;
+    this.description = `webgpu: ${gpu.description} (${kernelClass} kernels, ${kvCacheDtype} KV)`;
     this.weightBytes = weights.bytes;
     const bytes = maxLogitRows * shape.vocabSize * 4 + maxRows * shape.hiddenSize * 4;
     this.#staging = gpu.readback("staging", bytes);
@@ -92,7 +112,20 @@ export class ModelRunner implements Runner {
     const maxRows = Math.max(o.maxNumSeqs, T);
     const maxLogitRows = Math.min(o.maxNumSeqs, Math.floor(gpu.maxBinding / (V * 4)));
     if (maxLogitRows < 1) throw new Error(`vocab ${V} is too large for one storage binding`);
-    const slotBytes = o.numBlocks * o.blockSize * HKV * D * 4;
+    const kvCacheDtype = chooseKvCacheDtype(webgpu.kvCacheDtype ?? "auto", kernels, gpu.hasF16);
+    const kvF16 = kvCacheDtype === "f16";
+    const slotBytes = o.numBlocks * o.blockSize * HKV * D * (kvF16 ? 2 : 4);
+    const attention = {
+      heads: HQ,
+      kvHeads: HKV,
+      headDim: D,
+      blockSize: o.blockSize,
+      maxBlocks: o.maxBlocksPerSeq,
+      kvF16,
+    };
+    const layout = kernelTable(kernels).flashAttention
+      ? attentionLayout(gpu, attention, o.maxNumBatchedTokens)
+      : undefined;
     const f32 = (label: string, n: number) => gpu.storage(label, n * 4);
     const checkBinding = (what: string, bytes: number) => {
       if (bytes > gpu.maxBinding) {
@@ -104,6 +137,8 @@ export class ModelRunner implements Runner {
     };
     checkBinding("The KV cache of one layer", slotBytes);
     checkBinding("The MLP activations", T * 2 * I * 4);
+    const partials = layout ? partialsSize(attention, layout) : 1;
+    checkBinding("The attention partials", partials * 4);
     // The KV pool first: it is the largest allocation, and the one the user sizes.
     const kvPool = await gpu.checked(
       `Allocating the KV cache (${o.numBlocks} blocks of ${o.blockSize} tokens, ` +
@@ -141,6 +176,9 @@ export class ModelRunner implements Runner {
       sampled: f32("sampled", maxRows),
       kCache: kvPool.k,
       vCache: kvPool.v,
+      decodeTiles: f32("decode_tiles", 2 * o.maxNumSeqs),
+      prefillTiles: f32("prefill_tiles", layout ? 2 * maxPrefillTiles(layout, T, o.maxNumSeqs) : 1),
+      partials: f32("partials", partials),
     };
     await gpu.popErrorScopes(
       "Allocating the step buffers",
@@ -152,6 +190,8 @@ export class ModelRunner implements Runner {
       maxBlocks: o.maxBlocksPerSeq,
       validVocab: o.validVocab,
       kernels,
+      kvF16,
+      attention: layout,
     });
     await gpu.popErrorScopes("Compiling the kernels");
     const runner = new ModelRunner(
@@ -165,6 +205,8 @@ export class ModelRunner implements Runner {
       maxRows,
       2 * slotBytes * shape.numLayers,
       kernels,
+      kvCacheDtype,
+      layout,
     );
     runner.#ownsDevice = webgpu.ownsDevice === true;
     if (webgpu.profile) {
@@ -231,7 +273,22 @@ export class ModelRunner implements Runner {
     gpu.write(b.blockTable, table);
     gpu.write(b.rows, Uint32Array.from([...sampleRows, ...hiddenRows]));
 
-    const shape = { numTokens: T, numRows: R, numLogitRows: L };
+    let shape: StepShape = { numTokens: T, numRows: R, numLogitRows: L };
+    if (this.attentionLayout) {
+      const work = attentionWork(
+        seqs.map((s) => ({ start: s.start, count: s.tokens.length })),
+        this.attentionLayout,
+      );
+      gpu.write(b.decodeTiles, work.decodeTiles);
+      gpu.write(b.prefillTiles, work.prefillTiles);
+      shape = {
+        ...shape,
+        numDecodeRows: work.decodeTiles.length / 2,
+        numPrefillTiles: work.prefillTiles.length / 2,
+        decodePieces: work.decodePieces,
+        prefillPieces: work.prefillPieces,
+      };
+    }
     const encoder = gpu.device.createCommandEncoder();
     const p = this.plan;
     const dispatches = [...p.body, ...p.logits, ...(wantLogits ? [] : p.argmax)];

@@ -70,6 +70,8 @@ export interface BackendLimits {
   readonly defaultKvBytes: number;
   /** Most logit rows one step can hold: caps the sequences per step. */
   readonly maxLogitRows: number;
+  /** Bytes per cached key or value element (default 4, f32; 2 for an f16 cache). */
+  readonly kvBytesPerValue?: number;
 }
 
 /** A model on a compute backend, with its step buffers and KV pool. */

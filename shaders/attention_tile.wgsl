@@ -1,12 +1,10 @@
-// The arithmetic of GPU-class attention, shared by attention_decode.wgsl and
-// attention_prefill.wgsl (their sources are this file followed by theirs), so a
-// query's output is bit-identical whichever kernel computes it and whatever
-// else is in the step.
+// The per-piece arithmetic of GPU-class attention, the first half of the
+// source of attention_piece.wgsl (kept apart so each half reads in one sitting).
 //
 // A workgroup serves ROWS query rows (query positions × HEADS query heads of one
-// KV group) of one sequence. The context is cut into pieces of PIECE keys at
-// fixed absolute positions (0, PIECE, 2·PIECE, ...), each piece into sub-tiles of
-// KT keys. Per sub-tile the K tile is staged through shared memory (read once
+// KV group) of one sequence over one piece of the context. The context is cut
+// into pieces of PIECE keys at fixed absolute positions (0, PIECE, 2·PIECE, ...),
+// never by the batch, each piece into sub-tiles of KT keys. Per sub-tile the K tile is staged through shared memory (read once
 // for all rows), every row's scores are computed, its online softmax (m, l)
 // updated in key order, then the V tile is staged and every row's accumulator
 // updated in key order. A row only sees keys ≤ its own position (causal).
@@ -25,7 +23,7 @@ override HEADS: u32;         // query heads per workgroup (divides HQ / HKV)
 override ROWS: u32;          // query rows per workgroup (≤ WG)
 override WG: u32;            // invocations per workgroup
 override PIECE: u32;         // keys per piece (a multiple of KT)
-override NP: u32 = 1u;       // pieces per row in the flash-decoding partials (decode only)
+override NP: u32;            // pieces per token in the partials
 // (Every override is declared here, before any function: naga 29 panics on an
 // override declared after functions that use overrides.)
 

@@ -6,12 +6,12 @@
  * prefilled, alone or with other rows.
  */
 import type { Gpu } from "../engine/gpu/device.ts";
-import { encode } from "../engine/gpu/kernels.ts";
+import { encode, type StepShape } from "../engine/gpu/kernels.ts";
+import { kernelTable } from "../engine/gpu/registry.ts";
 import {
   attentionGpu,
   attentionLayout,
   type AttentionShape,
-  type AttentionStepShape,
   attentionWork,
   partialsSize,
 } from "../engine/gpu/attention_gpu.ts";
@@ -26,6 +26,8 @@ interface Case {
   readonly kvF16: boolean;
   /** Block-table row length (large ones make longer pieces). */
   readonly maxBlocks?: number;
+  /** Tokens sequence 0 prefills in the step (default 37). */
+  readonly chunk?: number;
 }
 
 /** A paged cache of random values: the words the GPU reads and the values they hold. */
@@ -90,18 +92,18 @@ async function runStep(
   v: Uint32Array,
 ): Promise<Float32Array> {
   const a: AttentionShape = { ...c, maxBlocks: c.maxBlocks ?? table.length / 3 };
-  const layout = attentionLayout(gpu, a);
-  const work = attentionWork(seqs, layout);
   const tokens = seqs.flatMap((s) =>
     Array.from({ length: s.count }, (_, i) => ({ seq: s.seq, pos: s.start + i }))
   );
   const T = tokens.length;
-  const parts = partialsSize(a, layout, Math.max(1, work.decodeRows.length));
+  const layout = attentionLayout(gpu, a, T);
+  const work = attentionWork(seqs, layout);
   const u32 = (label: string, x: Uint32Array) =>
     gpu.upload(label, x.length ? x : new Uint32Array(1));
   const out = gpu.storage("out", T * c.heads * c.headDim * 4);
   const ds = attentionGpu(
     gpu,
+    kernelTable("gpu").flashAttention!,
     {
       qkv: gpu.upload("qkv", qkv),
       positions: u32("positions", Uint32Array.from(tokens, (t) => t.pos)),
@@ -109,21 +111,22 @@ async function runStep(
       blockTable: u32("table", table),
       kCache: u32("k", k),
       vCache: u32("v", v),
-      decodeRows: u32("decode_rows", work.decodeRows),
-      tiles: u32("tiles", work.tiles),
-      partials: gpu.storage("partials", parts * 4),
+      decodeTiles: u32("decode_tiles", work.decodeTiles),
+      prefillTiles: u32("prefill_tiles", work.prefillTiles),
+      partials: gpu.storage("partials", partialsSize(a, layout) * 4),
       out,
     },
     a,
     layout,
   );
-  const shape: AttentionStepShape = {
+  const shape: StepShape = {
     numTokens: T,
     numRows: 0,
     numLogitRows: 0,
-    numDecodeRows: work.decodeRows.length,
-    numPrefillTiles: work.tiles.length / 2,
+    numDecodeRows: work.decodeTiles.length / 2,
+    numPrefillTiles: work.prefillTiles.length / 2,
     decodePieces: work.decodePieces,
+    prefillPieces: work.prefillPieces,
   };
   await gpu.checked("attention", () => {
     const encoder = gpu.device.createCommandEncoder();
@@ -150,6 +153,8 @@ const CASES: Case[] = [
   { context: 700, headDim: 96, heads: 4, kvHeads: 4, blockSize: 13, kvF16: false },
   { context: 700, headDim: 128, heads: 16, kvHeads: 2, blockSize: 16, kvF16: true },
   { context: 1100, headDim: 40, heads: 6, kvHeads: 3, blockSize: 3, kvF16: false, maxBlocks: 6000 },
+  // A 130-token chunk (two tiles) over 2,100 keys: no workgroup walks the whole context.
+  { context: 2100, headDim: 64, heads: 4, kvHeads: 2, blockSize: 16, kvF16: true, chunk: 130 },
 ];
 
 for (const c of CASES) {
@@ -157,7 +162,8 @@ for (const c of CASES) {
   gpuTest(
     `GPU-class attention matches float64 at context ${c.context}, head_dim ${c.headDim}, ` +
       `GQA ${ratio}, block ${c.blockSize}, ${c.kvF16 ? "f16" : "f32"} KV` +
-      (c.maxBlocks ? `, ${c.maxBlocks}-block tables` : ""),
+      (c.maxBlocks ? `, ${c.maxBlocks}-block tables` : "") +
+      (c.chunk ? `, ${c.chunk}-token chunk` : ""),
     async (gpu) => {
       const { context: n, headDim: D, heads: HQ, kvHeads: HKV, blockSize: B } = c;
       const r = rng(n * 31 + D + HQ * 7 + B);
@@ -175,7 +181,7 @@ for (const c of CASES) {
       const v = randomCache(numBlocks * B, HKV * D, c.kvF16, r);
       // Sequence 0 prefills its last `chunk` positions (tiles), sequence 1 decodes position 0,
       // sequence 2 decodes position n − 1 with the query of sequence 0's last token.
-      const chunk = Math.min(n, 37);
+      const chunk = Math.min(n, c.chunk ?? 37);
       const seqs = [
         { seq: 0, start: n - chunk, count: chunk },
         { seq: 1, start: 0, count: 1 },

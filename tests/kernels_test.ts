@@ -396,7 +396,7 @@ gpuTest(
       vCache: gpu.upload("v", vc),
       out,
     }, { heads: HQ, kvHeads: HKV, headDim: D, blockSize: B, maxBlocks: mb });
-    await run(gpu, [d], { numTokens: T, numRows: 0, numLogitRows: 0 });
+    await run(gpu, d, { numTokens: T, numRows: 0, numLogitRows: 0 });
     const got = await readF32(gpu, out, T * HQ * D);
     const expected = new Float64Array(T * HQ * D);
     tokens.forEach(({ seq, pos }, t) => {

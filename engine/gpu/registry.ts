@@ -28,6 +28,9 @@ import rotarySrc from "../../shaders/rotary_kv.wgsl" with { type: "text" };
 import attentionSrc from "../../shaders/attention.wgsl" with { type: "text" };
 import siluMulSrc from "../../shaders/silu_mul.wgsl" with { type: "text" };
 import argmaxSrc from "../../shaders/argmax.wgsl" with { type: "text" };
+import attentionTileSrc from "../../shaders/attention_tile.wgsl" with { type: "text" };
+import attentionPieceSrc from "../../shaders/attention_piece.wgsl" with { type: "text" };
+import attentionMergeSrc from "../../shaders/attention_merge.wgsl" with { type: "text" };
 import type { Kernel } from "./device.ts";
 
 /** A family of kernels tuned for one kind of adapter. */
@@ -71,10 +74,22 @@ export interface KernelVariant {
   }[];
 }
 
+/**
+ * GPU-class attention (engine/gpu/attention_gpu.ts): the piece kernel (run as
+ * flash-decoding for decode rows and as a tiled kernel for prefill chunks) and
+ * the log-sum-exp merge of a token's pieces.
+ */
+export interface FlashAttentionKernels {
+  readonly piece: Kernel;
+  readonly merge: Kernel;
+}
+
 /** The ops of one class, plus the largest M its GEMV handles (larger M runs `matmul`). */
 export interface KernelTable {
   readonly ops: Readonly<Record<Op, KernelVariant>>;
   readonly gemvMaxRows: number;
+  /** When present, the `attention` op runs these instead of `ops.attention`. */
+  readonly flashAttention?: FlashAttentionKernels;
 }
 
 const k = (name: string, source: string): Kernel => ({ name, source });
@@ -138,6 +153,10 @@ const TABLES: Readonly<Record<KernelClass, KernelTable>> = {
       },
     },
     gemvMaxRows: 4,
+    flashAttention: {
+      piece: k("attention_piece", attentionTileSrc + attentionPieceSrc),
+      merge: k("attention_merge", attentionMergeSrc),
+    },
   },
 };
 
@@ -165,4 +184,27 @@ export function chooseKernelClass(
   if (choice !== "auto") return choice;
   if (info.isFallbackAdapter || SOFTWARE_RENDERERS.test(info.description)) return "cpu";
   return "gpu";
+}
+
+/** How the KV cache stores keys and values: `auto` resolves to one of the others at load. */
+export type KvCacheDtype = "auto" | "f16" | "f32";
+
+/**
+ * Resolves `auto`: f16 (half the bytes per token, so twice the tokens per GiB)
+ * for the gpu class on a device with `shader-f16`, f32 otherwise, which keeps
+ * the cpu class's results exactly as they were. An explicit dtype is kept: f16
+ * KV is stored as packed pairs (core WGSL), so it works on any adapter.
+ *
+ * @example
+ * ```ts
+ * chooseKvCacheDtype("auto", "gpu", true); // "f16"
+ * ```
+ */
+export function chooseKvCacheDtype(
+  choice: KvCacheDtype,
+  cls: KernelClass,
+  hasF16: boolean,
+): "f16" | "f32" {
+  if (choice !== "auto") return choice;
+  return cls === "gpu" && hasF16 ? "f16" : "f32";
 }
