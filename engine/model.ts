@@ -7,6 +7,7 @@
 import type { Gpu } from "./gpu/device.ts";
 import * as ops from "./gpu/kernels.ts";
 import type { Dispatch, KernelClass, ShardedWeight } from "./gpu/kernels.ts";
+import type { AttentionLayout } from "./gpu/attention_gpu.ts";
 
 /** The config fields the GPU model needs (a ModelConfig satisfies it). */
 export interface ModelShape {
@@ -79,8 +80,11 @@ export interface StepBuffers {
   readonly final: GPUBuffer; // (R, H) final-normed rows
   readonly logits: GPUBuffer; // (L, V) logits of the sample rows
   readonly sampled: GPUBuffer; // (L) u32 sampled (or argmax) ids
-  readonly kCache: readonly GPUBuffer[]; // per layer (slots, HKV, D)
-  readonly vCache: readonly GPUBuffer[]; // per layer (slots, HKV, D)
+  readonly kCache: readonly GPUBuffer[]; // per layer (slots, HKV, D) f32, or (slots, HKV, D/2) f16 pairs
+  readonly vCache: readonly GPUBuffer[]; // per layer, as kCache
+  readonly decodeTiles: GPUBuffer; // (S, 2) u32 token index, 1 of each decode row (gpu-class attention)
+  readonly prefillTiles: GPUBuffer; // (tiles, 2) u32 first token, count of each prefill tile (gpu class)
+  readonly partials: GPUBuffer; // (T, HQ, pieces, D + 2) f32 attention partials per piece (gpu class)
 }
 
 /** The recorded passes of one step. */
@@ -169,7 +173,16 @@ export function planForward(
   c: ModelShape,
   w: ModelWeights,
   b: StepBuffers,
-  o: { blockSize: number; maxBlocks: number; validVocab: number; kernels: KernelClass },
+  o: {
+    blockSize: number;
+    maxBlocks: number;
+    validVocab: number;
+    kernels: KernelClass;
+    /** The KV cache holds f16 pairs (else f32). */
+    kvF16: boolean;
+    /** How gpu-class attention cuts the context (absent for the cpu class). */
+    attention?: AttentionLayout;
+  },
 ): ForwardPlan {
   const { hiddenSize: H, intermediateSize: I, rmsNormEps: eps, step } = { ...c, step: b.step };
   const { kernels } = o;
@@ -189,15 +202,25 @@ export function planForward(
       }, {
         ...heads,
         posScale: 1 / c.compressionRatio,
+        kvF16: o.kvF16,
       }),
-      ops.attention(gpu, step, {
+      ...ops.attention(gpu, step, {
         qkv: b.qkv,
         positions: b.positions,
         seqOf: b.seqOf,
         blockTable: b.blockTable,
         ...kv,
         out: b.attn,
-      }, { ...heads, blockSize: o.blockSize, maxBlocks: o.maxBlocks }),
+        decodeTiles: b.decodeTiles,
+        prefillTiles: b.prefillTiles,
+        partials: b.partials,
+      }, {
+        ...heads,
+        blockSize: o.blockSize,
+        maxBlocks: o.maxBlocks,
+        kvF16: o.kvF16,
+        layout: o.attention,
+      }),
       ...ops.matmul(gpu, step, b.attn, layer.o, b.hidden, { accumulate: true, kernels }),
       ops.rmsNorm(gpu, step, b.hidden, layer.postNorm, b.normed, { hidden: H, eps, kernels }),
       ...ops.matmul(gpu, step, b.normed, layer.gateUp, b.gateUp, { kernels }),

@@ -10,6 +10,7 @@
 import type { Gpu } from "./device.ts";
 import { type KernelClass, kernelTable, type Op } from "./registry.ts";
 import type { KernelCost } from "./profile.ts";
+import { attentionGpu, type AttentionLayout } from "./attention_gpu.ts";
 
 export type { KernelClass } from "./registry.ts";
 
@@ -34,6 +35,11 @@ export interface StepShape {
   readonly numLogitRows: number;
   /** Σ over the step's tokens of the keys each attends to (set when profiling; for costs). */
   readonly attendedKeys?: number;
+  /** GPU-class attention (absent: 0): decode rows, prefill tiles, and the most pieces of each. */
+  readonly numDecodeRows?: number;
+  readonly numPrefillTiles?: number;
+  readonly decodePieces?: number;
+  readonly prefillPieces?: number;
 }
 
 /** One recorded kernel launch, reusable across steps. */
@@ -201,6 +207,8 @@ export function rotaryKv(
     kvHeads: number;
     headDim: number;
     posScale: number;
+    /** The cache holds f16 pairs packed in u32 (default f32). */
+    kvF16?: boolean;
     kernels?: KernelClass;
   },
 ): Dispatch {
@@ -209,6 +217,7 @@ export function rotaryKv(
     HKV: o.kvHeads,
     D: o.headDim,
     POS_SCALE: o.posScale,
+    KV_F16: o.kvF16 ? 1 : 0,
   });
   return {
     label: "rotary_kv",
@@ -225,13 +234,18 @@ export function rotaryKv(
     workgroups: (s) => [s.numTokens, 1, 1],
     cost: (s) => {
       const [q, kv] = [o.heads * o.headDim, o.kvHeads * o.headDim];
-      const cache = 2 * kv * 4;
+      const cache = 2 * kv * (o.kvF16 ? 2 : 4);
       return { flops: 3 * s.numTokens * (q + kv), bytes: s.numTokens * (8 * (q + kv) + cache) };
     },
   };
 }
 
-/** Causal GQA attention through the block tables. */
+/**
+ * Causal GQA attention through the block tables. A class with flash attention
+ * kernels (engine/gpu/attention_gpu.ts) launches flash-decoding, the tiled
+ * prefill kernel and their merge, and needs `decodeTiles`, `prefillTiles`,
+ * `partials` and `layout`; otherwise one workgroup per (token, query head).
+ */
 export function attention(
   gpu: Gpu,
   step: GPUBuffer,
@@ -243,6 +257,9 @@ export function attention(
     kCache: GPUBuffer;
     vCache: GPUBuffer;
     out: GPUBuffer;
+    decodeTiles?: GPUBuffer;
+    prefillTiles?: GPUBuffer;
+    partials?: GPUBuffer;
   },
   o: {
     heads: number;
@@ -250,19 +267,42 @@ export function attention(
     headDim: number;
     blockSize: number;
     maxBlocks: number;
+    /** The cache holds f16 pairs packed in u32 (default f32). */
+    kvF16?: boolean;
+    layout?: AttentionLayout;
     kernels?: KernelClass;
   },
-): Dispatch {
+): Dispatch[] {
   if (o.headDim > 256) throw new Error(`head_dim ${o.headDim} > 256 is not supported`);
-  const pipeline = pipelineOf(gpu, o.kernels ?? "cpu", "attention", {
+  const cls = o.kernels ?? "cpu";
+  const flash = kernelTable(cls).flashAttention;
+  if (flash) {
+    if (!o.layout || !b.decodeTiles || !b.prefillTiles || !b.partials) {
+      throw new Error(`${cls}-class attention needs a layout and its work buffers`);
+    }
+    return attentionGpu(
+      gpu,
+      flash,
+      {
+        ...b,
+        decodeTiles: b.decodeTiles,
+        prefillTiles: b.prefillTiles,
+        partials: b.partials,
+      },
+      { ...o, kvF16: o.kvF16 ?? false },
+      o.layout,
+    );
+  }
+  const pipeline = pipelineOf(gpu, cls, "attention", {
     HQ: o.heads,
     HKV: o.kvHeads,
     D: o.headDim,
     BLOCK: o.blockSize,
     MAX_BLOCKS: o.maxBlocks,
     SCALE: 1 / Math.sqrt(o.headDim),
+    KV_F16: o.kvF16 ? 1 : 0,
   });
-  return {
+  return [{
     label: "attention",
     pipeline,
     bindGroup: gpu.bindGroup(pipeline, [
@@ -280,13 +320,13 @@ export function attention(
     // once per KV head.
     cost: (s) => {
       const keys = s.attendedKeys ?? 0;
-      const kvBytes = keys * o.kvHeads * o.headDim * 2 * 4;
+      const kvBytes = keys * o.kvHeads * o.headDim * 2 * (o.kvF16 ? 2 : 4);
       return {
         flops: 4 * keys * o.heads * o.headDim,
         bytes: kvBytes + s.numTokens * o.heads * o.headDim * 8,
       };
     },
-  };
+  }];
 }
 
 /** out = silu(gate) ⊙ up from the fused gate|up activations. */
