@@ -141,7 +141,8 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
   const vocabSize = shape.vocabSize;
   // A device the engine opens is the engine's: its runner destroys it last on close.
   const owned = options.gpu === undefined;
-  const auto = options.backend !== "webgpu" && owned;
+  // The wasm backend computes in Web Workers (Deno, browsers; not Node.js).
+  const auto = options.backend !== "webgpu" && owned && typeof Worker !== "undefined";
   let gpu: Gpu;
   try {
     gpu = options.gpu ?? await Gpu.open();
