@@ -7,8 +7,9 @@
  * @module
  */
 import type { Gpu } from "./gpu/device.ts";
+import { EDIT_BYTES, packRows, ROW_BYTES, type RowSampling, sampleOp } from "./gpu/sampling.ts";
 import { type KernelProfile, KernelProfiler } from "./gpu/profile.ts";
-import { encode, STEP_UNIFORM_BYTES, type StepShape } from "./gpu/kernels.ts";
+import { type Dispatch, encode, STEP_UNIFORM_BYTES, type StepShape } from "./gpu/kernels.ts";
 import {
   chooseKernelClass,
   chooseKvCacheDtype,
@@ -42,17 +43,43 @@ export type { RunnerOptions, StepResult, StepSeq };
 export interface WebGpuRunnerOptions {
   /** Kernel class: `auto` (default) picks `cpu` on software adapters, `gpu` elsewhere. */
   readonly kernels?: KernelChoice;
-  /** KV cache storage: `auto` (default) is f16 for the gpu class on a device with shader-f16. */
-  readonly kvCacheDtype?: KvCacheDtype;
   /** Time every kernel of every step (engine/gpu/profile.ts); steps run one pass per kernel. */
   readonly profile?: boolean;
   /** `destroy()` also destroys the device, last (the engine opened it for this runner). */
   readonly ownsDevice?: boolean;
+  /** KV cache storage: `auto` (default) is f16 for the gpu class on a device with shader-f16. */
+  readonly kvCacheDtype?: KvCacheDtype;
+}
+
+/** Most logit edits (bias, masks, penalties) one step samples with on the device. */
+const SAMPLE_EDIT_CAPACITY = 1 << 16;
+
+/** The row a "sample" sequence gets without sampling options: the greedy id. */
+const GREEDY: RowSampling = {
+  greedy: true,
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  u: 0,
+  edits: [],
+};
+
+interface DeviceSampling {
+  readonly rows: GPUBuffer; // (maxLogitRows) Row of sample.wgsl
+  readonly edits: GPUBuffer; // (SAMPLE_EDIT_CAPACITY) Edit of sample.wgsl
+  readonly rowData: ArrayBuffer;
+  readonly editData: ArrayBuffer;
+  readonly dispatch: Dispatch;
 }
 
 /** The model on the GPU with its step buffers and KV pool. */
 export class ModelRunner implements Runner {
   readonly #staging: GPUBuffer;
+  /** Sampling on the device (gpu kernel class): its buffers, host staging and dispatch. */
+  #sampling?: DeviceSampling;
+  /** Each block-table row as last uploaded (rows are rewritten only when they change). */
+  readonly #tableRows: Uint32Array[];
   #profiler?: KernelProfiler;
   #ownsDevice = false;
   readonly description: string;
@@ -79,8 +106,9 @@ export class ModelRunner implements Runner {
   ) {
     this.description = `webgpu: ${gpu.description} (${kernelClass} kernels, ${kvCacheDtype} KV)`;
     this.weightBytes = weights.bytes;
-    const bytes = maxLogitRows * shape.vocabSize * 4 + maxRows * shape.hiddenSize * 4;
+    const bytes = maxLogitRows * (shape.vocabSize + 1) * 4 + maxRows * shape.hiddenSize * 4;
     this.#staging = gpu.readback("staging", bytes);
+    this.#tableRows = Array.from({ length: options.maxNumSeqs }, () => new Uint32Array(0));
   }
 
   /** Uploads the weights and allocates every buffer a step needs. */
@@ -209,6 +237,22 @@ export class ModelRunner implements Runner {
       layout,
     );
     runner.#ownsDevice = webgpu.ownsDevice === true;
+    if (kernels === "gpu") {
+      const rows = gpu.storage("sample_rows", maxLogitRows * ROW_BYTES);
+      const edits = gpu.storage("sample_edits", SAMPLE_EDIT_CAPACITY * EDIT_BYTES);
+      runner.#sampling = {
+        rows,
+        edits,
+        rowData: new ArrayBuffer(maxLogitRows * ROW_BYTES),
+        editData: new ArrayBuffer(SAMPLE_EDIT_CAPACITY * EDIT_BYTES),
+        dispatch: sampleOp(gpu, buffers.step, {
+          logits: buffers.logits,
+          rows,
+          edits,
+          ids: buffers.sampled,
+        }, { valid: o.validVocab, stride: shape.vocabSize }),
+      };
+    }
     if (webgpu.profile) {
       const passes = plan.body.length + plan.logits.length + plan.argmax.length;
       runner.#profiler = new KernelProfiler(gpu, passes);
@@ -218,7 +262,9 @@ export class ModelRunner implements Runner {
 
   /**
    * Runs one forward step over the scheduled sequences. Sample rows get argmax
-   * ids, or their full logits when `wantLogits` (for the CPU sampler).
+   * ids, or their full logits when `wantLogits` (for the CPU sampler). With
+   * device sampling (and not `wantLogits`), each sample row is drawn on the GPU
+   * as its `sampling` says, and only rows that ask for `"logits"` read theirs back.
    */
   async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
     if (this.gpu.failure) throw this.gpu.failure;
@@ -234,15 +280,16 @@ export class ModelRunner implements Runner {
     const positions = new Uint32Array(T);
     const slots = new Uint32Array(T);
     const seqOf = new Uint32Array(T);
-    const table = new Uint32Array(seqs.length * o.maxBlocksPerSeq);
     const sampleRows: number[] = [];
+    const device = !wantLogits && this.#sampling !== undefined;
+    const rowSampling: (RowSampling | null)[] = []; // per sample row; null: logits read back
+    const logitRows: number[] = []; // sample rows whose logits come back
     const hiddenRows: number[] = [];
     let t = 0;
     seqs.forEach((s, si) => {
       if (s.blockTable.length > o.maxBlocksPerSeq) {
         throw new Error("block table longer than maxBlocksPerSeq");
       }
-      table.set(s.blockTable, si * o.maxBlocksPerSeq);
       const n = s.tokens.length;
       for (let i = 0; i < n; i++, t++) {
         const pos = s.start + i;
@@ -253,7 +300,14 @@ export class ModelRunner implements Runner {
         slots[t] = block * o.blockSize + (pos % o.blockSize);
         seqOf[t] = si;
         const last = i === n - 1;
-        if (s.output === "sample" && last) sampleRows.push(t);
+        if (s.output === "sample" && last) {
+          const how = s.sampling;
+          if (device && how === "logits") {
+            logitRows.push(sampleRows.length);
+            rowSampling.push(null);
+          } else if (device) rowSampling.push(how === "logits" ? null : how ?? GREEDY);
+          sampleRows.push(t);
+        }
         if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
       }
     });
@@ -270,7 +324,7 @@ export class ModelRunner implements Runner {
     gpu.write(b.positions, positions);
     gpu.write(b.slots, slots);
     gpu.write(b.seqOf, seqOf);
-    gpu.write(b.blockTable, table);
+    this.#writeBlockTables(seqs);
     gpu.write(b.rows, Uint32Array.from([...sampleRows, ...hiddenRows]));
 
     let shape: StepShape = { numTokens: T, numRows: R, numLogitRows: L };
@@ -291,7 +345,14 @@ export class ModelRunner implements Runner {
     }
     const encoder = gpu.device.createCommandEncoder();
     const p = this.plan;
-    const dispatches = [...p.body, ...p.logits, ...(wantLogits ? [] : p.argmax)];
+    const sampling = device ? this.#packSampling(rowSampling) : undefined;
+    if (device && !sampling) {
+      // More logit edits than the device buffer holds: this step samples on the host.
+      gpu.popErrorScopes("Engine step").catch(() => {});
+      return this.step(seqs, true);
+    }
+    const sampler = sampling ? [sampling] : wantLogits ? [] : p.argmax;
+    const dispatches = [...p.body, ...p.logits, ...sampler];
     if (this.#profiler) {
       const attendedKeys = seqs.reduce((n, s) => n + s.tokens.length * (s.start + 1), 0) +
         seqs.reduce((n, s) => n + (s.tokens.length * (s.tokens.length - 1)) / 2, 0);
@@ -302,15 +363,18 @@ export class ModelRunner implements Runner {
       pass.end();
     }
     const { vocabSize: V, hiddenSize: H } = this.shape;
-    const sampleBytes = L * (wantLogits ? V : 1) * 4;
+    // Staging: sampled ids (L), then logits rows (all L when wantLogits, else `logitRows`),
+    // then hidden rows.
+    const idBytes = wantLogits ? 0 : L * 4;
+    const logitCount = wantLogits ? L : logitRows.length;
+    const sampleBytes = idBytes + logitCount * V * 4;
     const hiddenBytes = (R - L) * H * 4;
-    if (sampleBytes > 0) {
-      encoder.copyBufferToBuffer(
-        wantLogits ? b.logits : b.sampled,
-        0,
-        this.#staging,
-        0,
-        sampleBytes,
+    if (idBytes > 0) encoder.copyBufferToBuffer(b.sampled, 0, this.#staging, 0, idBytes);
+    if (wantLogits && L > 0) {
+      encoder.copyBufferToBuffer(b.logits, 0, this.#staging, 0, L * V * 4);
+    } else {
+      logitRows.forEach((row, k) =>
+        encoder.copyBufferToBuffer(b.logits, row * V * 4, this.#staging, idBytes + k * V * 4, V * 4)
       );
     }
     if (hiddenBytes > 0) {
@@ -334,9 +398,15 @@ export class ModelRunner implements Runner {
     }
     const copy = this.#staging.getMappedRange(0, bytes).slice(0);
     this.#staging.unmap();
+    let logitIndex: Int32Array | undefined;
+    if (device) {
+      logitIndex = new Int32Array(L).fill(-1);
+      logitRows.forEach((row, k) => (logitIndex![row] = k));
+    }
     return {
       ids: L > 0 && !wantLogits ? new Uint32Array(copy, 0, L) : undefined,
-      logits: L > 0 && wantLogits ? new Float32Array(copy, 0, L * V) : undefined,
+      logits: logitCount > 0 ? new Float32Array(copy, idBytes, logitCount * V) : undefined,
+      logitIndex,
       hidden: hiddenBytes > 0 ? new Float32Array(copy, sampleBytes, (R - L) * H) : undefined,
     };
   }
@@ -351,9 +421,46 @@ export class ModelRunner implements Runner {
     this.#profiler?.reset();
   }
 
+  /**
+   * Uploads the block-table rows that differ from what the GPU holds (a decode step
+   * usually changes none: a row grows by one block every `blockSize` tokens).
+   */
+  #writeBlockTables(seqs: readonly StepSeq[]): void {
+    const width = this.options.maxBlocksPerSeq;
+    seqs.forEach((s, si) => {
+      const held = this.#tableRows[si]!;
+      const table = s.blockTable;
+      let same = held.length === table.length;
+      for (let i = 0; same && i < table.length; i++) same = held[i] === table[i];
+      if (same) return;
+      const row = Uint32Array.from(table);
+      this.gpu.write(this.buffers.blockTable, row, si * width * 4);
+      this.#tableRows[si] = row;
+    });
+  }
+
+  /** Writes this step's sampling rows and edits; undefined when the edits do not fit. */
+  #packSampling(rows: readonly (RowSampling | null)[]): Dispatch | undefined {
+    const d = this.#sampling!;
+    const edits = packRows(rows, d.rowData, d.editData, SAMPLE_EDIT_CAPACITY);
+    if (edits < 0) return undefined;
+    if (rows.length > 0) {
+      this.gpu.write(d.rows, new Uint8Array(d.rowData, 0, rows.length * ROW_BYTES));
+    }
+    if (edits > 0) this.gpu.write(d.edits, new Uint8Array(d.editData, 0, edits * EDIT_BYTES));
+    return d.dispatch;
+  }
+
+  /** Samples rows on the device (the gpu kernel class); the cpu class leaves it to the host. */
+  get deviceSampling(): boolean {
+    return this.#sampling !== undefined;
+  }
+
   /** Frees the GPU buffers (weights, KV pool, step buffers), then the device if it owns it. */
   destroy(): void {
     this.#profiler?.destroy();
+    this.#sampling?.rows.destroy();
+    this.#sampling?.edits.destroy();
     const w = this.weights;
     const shards = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])];
     for (const s of shards) for (const x of s.shards) x.buffer.destroy();
