@@ -143,7 +143,11 @@ function utf8Run(state: number, bytes: Uint8Array): number {
   return state;
 }
 
-/** Counters of mask work, for benchmarks. */
+/**
+ * Counters of mask work, for benchmarks. `maskMs` is wall time around each
+ * mask call; the engine computes masks while a step runs, so it can include
+ * the runner's own continuations and is an upper bound.
+ */
 export interface GrammarStats {
   /** Distinct formats compiled. */
   compiled: number;
