@@ -1,0 +1,129 @@
+/**
+ * The one table `deno task bench` prints: kernels beside numpy, end to end
+ * beside node-llama-cpp, batched beside one at a time, memory.
+ *
+ * @module
+ */
+import type { KernelRow } from "./_kernels.ts";
+import type { OursFigures, RunFigures } from "./_e2e.ts";
+import type { MemoryFigures } from "./_memory.ts";
+import type { Workload } from "./_workload.ts";
+
+/** The parts of bench/results.json the table shows. */
+export interface TableInput {
+  readonly workload: Workload;
+  readonly kernels: readonly KernelRow[];
+  readonly e2e: {
+    readonly ours: OursFigures | null;
+    readonly nodeLlamaCpp:
+      | {
+        readonly nodeLlamaCpp: string;
+        readonly llamaCpp: { readonly release: string };
+        readonly threads?: number;
+        readonly headline?: RunFigures;
+        readonly batching?: RunFigures;
+        readonly oneAtATime?: RunFigures;
+        readonly batchingOverOneAtATime: number;
+      }
+      | { readonly error: string }
+      | null;
+    readonly oursOverNodeLlamaCpp: number | null;
+    readonly agreement: Record<string, unknown> | null;
+  };
+  readonly memory: readonly MemoryFigures[] | null;
+}
+
+/** Left-aligns the first `left` columns and right-aligns the rest. */
+function render(rows: (string | number | null)[][], left = 1): string[] {
+  const cells = rows.map((r) => r.map((c) => (c === null ? "–" : String(c))));
+  const widths = cells[0]!.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
+  return cells.map((r) =>
+    r.map((c, i) => (i < left ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")
+  );
+}
+
+/** Prints the table. */
+export function printTable(r: TableInput): void {
+  const out: string[] = [""];
+  if (r.kernels.length > 0) {
+    out.push(...render([
+      ["kernel", "shape", "M", "N", "K", "GFLOP/s", "numpy f32", "ratio"],
+      ...r.kernels.map((k) => [
+        k.kernel,
+        k.name,
+        k.M,
+        k.N,
+        k.K,
+        k.gflops.toFixed(2),
+        k.numpyGflops,
+        k.ratioToNumpy,
+      ]),
+    ], 2));
+    out.push("");
+  }
+  const w = r.workload;
+  const ours = r.e2e.ours;
+  const peer = r.e2e.nodeLlamaCpp;
+  const peerOk = peer !== null && !("error" in peer) ? peer : null;
+  const peerName = peerOk
+    ? `node-llama-cpp ${peerOk.nodeLlamaCpp} (llama.cpp ${peerOk.llamaCpp.release}, ${peerOk.threads} threads)`
+    : "node-llama-cpp";
+  const oursName = ours ? `batchwright (${ours.backend})` : "batchwright";
+  const tps = (f?: RunFigures | null) => (f ? f.tokensPerSecond.toFixed(1) : null);
+  out.push(...render([
+    [
+      `end to end: ${w.sequences} sequences × (${w.promptTokens} prompt + ${w.generatedTokens} generated tokens), greedy`,
+      "generated tok/s",
+      "seconds",
+    ],
+    [`  ${oursName}`, tps(ours?.headline), ours?.headline.seconds ?? null],
+    [
+      `  ${peerName}`,
+      tps(peerOk?.headline) ?? (peer && "error" in peer ? "error" : null),
+      peerOk?.headline?.seconds ?? null,
+    ],
+    [
+      "  batchwright / node-llama-cpp",
+      r.e2e.oursOverNodeLlamaCpp === null ? null : `${r.e2e.oursOverNodeLlamaCpp}×`,
+      "",
+    ],
+  ]));
+  out.push("");
+  out.push(...render([
+    [
+      `batching: ${w.batchingSequences} sequences at once vs one at a time (tok/s)`,
+      "at once",
+      "one at a time",
+      "ratio",
+    ],
+    [
+      "  batchwright",
+      tps(ours?.batching),
+      tps(ours?.oneAtATime),
+      ours ? `${ours.batchingOverOneAtATime}×` : null,
+    ],
+    [
+      "  node-llama-cpp",
+      tps(peerOk?.batching),
+      tps(peerOk?.oneAtATime),
+      peerOk ? `${peerOk.batchingOverOneAtATime}×` : null,
+    ],
+  ]));
+  const a = r.e2e.agreement;
+  if (a) {
+    out.push(
+      "",
+      `greedy agreement with node-llama-cpp on ernie-tiny: ${a.identicalSequences}/${a.sequences} ` +
+        `sequences identical, ${a.tokensBeforeFirstDifference}/${a.tokens} tokens before the first difference`,
+    );
+  }
+  if (peer && "error" in peer) out.push("", `node-llama-cpp: ${peer.error}`);
+  if (r.memory) {
+    out.push("");
+    out.push(...render([
+      ["memory: CLI batch, max_tokens 1, tiny model", "peak RSS MiB", "seconds"],
+      ...r.memory.map((m) => [`  ${m.lines} lines`, m.peakRssMiB, m.seconds]),
+    ]));
+  }
+  console.log(out.join("\n"));
+}
