@@ -321,7 +321,11 @@ class Converter {
     for (let k = 0; k <= last; k++) {
       const alts = [
         ...(k >= min ? [`"\\""`] : []),
-        ...(k < last ? [`${CHAR} ${name(k + 1)}`] : max === undefined ? [`${CHAR} string_rest`] : []),
+        ...(k < last
+          ? [`${CHAR} ${name(k + 1)}`]
+          : max === undefined
+          ? [`${CHAR} string_rest`]
+          : []),
       ];
       this.#rules.push(`${name(k)} ::= ${group(alts)}`);
     }
