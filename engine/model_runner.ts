@@ -80,6 +80,16 @@ export class ModelRunner implements Runner {
   #sampling?: DeviceSampling;
   /** Each block-table row as last uploaded (rows are rewritten only when they change). */
   readonly #tableRows: Uint32Array[];
+  /** Host-side step inputs and the results buffer, allocated once. */
+  readonly #host: {
+    readonly step: Uint32Array; // (4) the step uniform
+    readonly ids: Uint32Array; // (T)
+    readonly positions: Uint32Array; // (T)
+    readonly slots: Uint32Array; // (T)
+    readonly seqOf: Uint32Array; // (T)
+    readonly rows: Uint32Array; // (R)
+    readonly result: ArrayBuffer; // as the staging buffer
+  };
   #profiler?: KernelProfiler;
   #ownsDevice = false;
   readonly description: string;
@@ -108,6 +118,16 @@ export class ModelRunner implements Runner {
     this.weightBytes = weights.bytes;
     const bytes = maxLogitRows * (shape.vocabSize + 1) * 4 + maxRows * shape.hiddenSize * 4;
     this.#staging = gpu.readback("staging", bytes);
+    const T = options.maxNumBatchedTokens;
+    this.#host = {
+      step: new Uint32Array(4),
+      ids: new Uint32Array(T),
+      positions: new Uint32Array(T),
+      slots: new Uint32Array(T),
+      seqOf: new Uint32Array(T),
+      rows: new Uint32Array(maxRows),
+      result: new ArrayBuffer(bytes),
+    };
     this.#tableRows = Array.from({ length: options.maxNumSeqs }, () => new Uint32Array(0));
   }
 
@@ -276,10 +296,11 @@ export class ModelRunner implements Runner {
     if (seqs.length > o.maxNumSeqs) {
       throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
     }
-    const ids = new Uint32Array(T);
-    const positions = new Uint32Array(T);
-    const slots = new Uint32Array(T);
-    const seqOf = new Uint32Array(T);
+    const host = this.#host;
+    const ids = host.ids.subarray(0, T);
+    const positions = host.positions.subarray(0, T);
+    const slots = host.slots.subarray(0, T);
+    const seqOf = host.seqOf.subarray(0, T);
     const sampleRows: number[] = [];
     const device = !wantLogits && this.#sampling !== undefined;
     const rowSampling: (RowSampling | null)[] = []; // per sample row; null: logits read back
@@ -319,13 +340,16 @@ export class ModelRunner implements Runner {
     const gpu = this.gpu;
     // Every error of this step's writes and commands is caught here, not lost.
     gpu.pushErrorScopes();
-    gpu.write(b.step, new Uint32Array([T, R, L, 0]));
+    host.step.set([T, R, L, 0]);
+    gpu.write(b.step, host.step);
     gpu.write(b.ids, ids);
     gpu.write(b.positions, positions);
     gpu.write(b.slots, slots);
     gpu.write(b.seqOf, seqOf);
     this.#writeBlockTables(seqs);
-    gpu.write(b.rows, Uint32Array.from([...sampleRows, ...hiddenRows]));
+    host.rows.set(sampleRows);
+    host.rows.set(hiddenRows, L);
+    gpu.write(b.rows, host.rows.subarray(0, R));
 
     let shape: StepShape = { numTokens: T, numRows: R, numLogitRows: L };
     if (this.attentionLayout) {
@@ -396,7 +420,12 @@ export class ModelRunner implements Runner {
       this.#staging.unmap();
       throw gpu.failure;
     }
-    const copy = this.#staging.getMappedRange(0, bytes).slice(0);
+    // Into the runner's own result buffer: the engine reads a step's results before
+    // it starts the next step, so one buffer serves every step.
+    new Uint8Array(host.result, 0, bytes).set(
+      new Uint8Array(this.#staging.getMappedRange(0, bytes)),
+    );
+    const copy = host.result;
     this.#staging.unmap();
     let logitIndex: Int32Array | undefined;
     if (device) {
