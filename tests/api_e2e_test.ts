@@ -507,14 +507,17 @@ gpuTest(
 );
 
 gpuTest(
-  "chat refuses json_object (400), stream (400), another model (404); ignores unknown fields",
+  "chat refuses an unsupported schema keyword (400), stream (400), another model (404); ignores unknown fields",
   async (gpu) => {
     const s = await setup(gpu);
     const json = await rejection(s, CHAT, {
       ...user("x"),
-      response_format: { type: "json_object" },
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "s", schema: { type: "number", multipleOf: 2 } },
+      },
     });
-    assertEquals([json.status, json.param], [400, "response_format"]);
+    assertEquals([json.status, json.param], [400, "response_format.json_schema.schema"]);
     const stream = await rejection(s, CHAT, { ...user("x"), stream: true });
     assertEquals([stream.status, stream.param], [400, "stream"]);
     const model = await rejection(s, CHAT, { ...user("x"), model: "gpt-4o" });

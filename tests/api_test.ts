@@ -92,7 +92,18 @@ Deno.test("schema errors name the field", async () => {
     [CHAT, { ...user("x"), top_logprobs: 3 }, "top_logprobs"],
     [CHAT, { ...user("x"), logprobs: true, top_logprobs: 21 }, "top_logprobs"],
     [CHAT, { ...user("x"), logit_bias: { "5": 200 } }, "logit_bias.5"],
-    [CHAT, { ...user("x"), response_format: { type: "json_object" } }, "response_format"],
+    [CHAT, { ...user("x"), response_format: { type: "yaml" } }, "response_format.type"],
+    [
+      CHAT,
+      {
+        ...user("x"),
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "s", schema: { type: "string", pattern: "^a+$" } },
+        },
+      },
+      "response_format.json_schema.schema",
+    ],
     [COMPLETIONS, {}, "prompt"],
     [COMPLETIONS, { prompt: "x", suffix: "y" }, "suffix"],
     [COMPLETIONS, { prompt: "x", logprobs: 6 }, "logprobs"],
