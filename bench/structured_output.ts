@@ -9,7 +9,8 @@
  *     engine: 64 seeded sampled requests, free text vs a `json_schema` vs
  *     `json_object`.
  * Flags: --model DIR (default models/ernie-tiny; bench/tmp/ernie-0.3b-random
- * has the real shapes), --seqs N (64), --max-tokens N (32), --walk-steps N (400).
+ * has the real shapes), --seqs N (64), --max-tokens N (32), --walk-steps N (400),
+ * --backend auto|webgpu|wasm.
  * Prints one JSON object.
  *
  * @module
@@ -32,6 +33,7 @@ const { values: flags } = parseArgs({
     seqs: { type: "string", default: "64" },
     "max-tokens": { type: "string", default: "32" },
     "walk-steps": { type: "string", default: "400" },
+    backend: { type: "string", default: "auto" },
   },
 });
 if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
@@ -197,9 +199,12 @@ const results: Record<string, unknown> = { date: new Date().toISOString() };
 console.error("mask cost at a 103,424-piece vocabulary …");
 results.maskCost = await maskCost(Number(flags["walk-steps"]));
 console.error(`batch throughput on ${flags.model} …`);
-const engine = await Engine.load(flags.model!);
+const engine = await Engine.load(flags.model!, {
+  backend: flags.backend as "auto" | "webgpu" | "wasm",
+});
 const backend = new ApiBackend(engine);
 results.model = flags.model;
+results.backend = flags.backend;
 results.vocabSize = engine.config.vocabSize;
 const seqs = Number(flags.seqs);
 const maxTokens = Number(flags["max-tokens"]);
