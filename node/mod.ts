@@ -6,8 +6,10 @@
  * ```ts ignore
  * import { Batchwright } from "batchwright";
  *
- * await using llm = await Batchwright.load("models/ernie-tiny");
+ * // { backend: "wasm" } runs on the CPU (worker_threads) where Dawn finds no GPU.
+ * const llm = await Batchwright.load("models/ernie-tiny");
  * console.log(llm.modelName);
+ * await llm.close();
  * ```
  *
  * @module

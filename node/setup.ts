@@ -5,8 +5,8 @@
  * points (`node/mod.ts`, `node/cli.ts`) import this module first, so it runs
  * before any library module is evaluated. Under Deno it changes nothing.
  *
- * The WebAssembly CPU backend (`backend: "wasm"`) runs on Web Workers, which
- * Node does not have: on Node the engine runs on WebGPU (the default backend).
+ * The WebAssembly CPU backend (`backend: "wasm"`) runs its threads as Web
+ * Workers: on Node they are `worker_threads` (node/web_worker.ts).
  *
  * @module
  */
@@ -15,6 +15,10 @@ import { join } from "node:path";
 import { tmpdir } from "node:os";
 import { randomUUID } from "node:crypto";
 import { read } from "node:fs";
+import { availableParallelism } from "node:os";
+import { Buffer } from "node:buffer";
+import { setFlagsFromString } from "node:v8";
+import { NodeWebWorker } from "./web_worker.ts";
 
 const global = globalThis as unknown as Record<string, unknown>;
 
@@ -30,6 +34,12 @@ if (!("Deno" in global)) {
   patchSeek(shim.FsFile.prototype as unknown as Deno.FsFile);
   // The shim's members are read-only getters: corrections go on an object inheriting them.
   global.Deno = Object.create(shim, {
+    // The shim has no HTTP server; io/metrics.ts needs its port bound synchronously.
+    serve: {
+      value: () => {
+        throw new Error("--metrics-port needs Deno (Deno.serve): on Node.js, run without it");
+      },
+    },
     // The shim's makeTempFile ignores `dir` and takes `prefix` as a folder (io/writer.ts's probe).
     makeTempFile: {
       value: async (o: Deno.MakeTempOptions = {}) => {
@@ -50,6 +60,16 @@ promise.withResolvers ??= <T>() => {
   const p = new Promise<T>((res, rej) => ((resolve = res), (reject = rej)));
   return { promise: p, resolve, reject };
 };
+
+// Node 20 lacks Uint8Array.fromBase64 (the wasm kernels are base64) and Web Workers.
+const uint8 = Uint8Array as unknown as Record<string, unknown>;
+uint8.fromBase64 ??= (text: string) => new Uint8Array(Buffer.from(text, "base64"));
+global.Worker ??= NodeWebWorker;
+// The wasm kernels use relaxed SIMD, on by default from V8 11.4 (Node 21); Node 20 has it behind
+// a flag, which takes effect for modules compiled after it is set.
+if (Number(process.versions.node.split(".")[0]) < 21) {
+  setFlagsFromString("--experimental-wasm-relaxed-simd");
+}
 
 /**
  * The shim's `FsFile.seek` throws "not implemented" (the safetensors loader and
@@ -104,7 +124,10 @@ if (!(global.navigator as { gpu?: unknown } | undefined)?.gpu) {
   }
   if (global.navigator === undefined) {
     // Node 20 has no navigator; 21+ has one whose userAgent names Node.js.
-    global.navigator = { userAgent: `Node.js/${process.versions.node}` };
+    global.navigator = {
+      userAgent: `Node.js/${process.versions.node}`,
+      hardwareConcurrency: availableParallelism(),
+    };
   }
   Object.defineProperty(global.navigator, "gpu", { value: gpu, configurable: true });
 }

@@ -1,15 +1,18 @@
 /**
  * The Node.js package (`deno task build:node`): built into a temporary folder,
  * its dependencies installed with npm, then run with `node` as a user would.
- * `--version`, `--help`, `--validate-only`, `merge` and the library's exports
- * run everywhere; a real batch runs where Dawn (the `webgpu` package) finds an
- * adapter, and is skipped with one line saying why elsewhere: Dawn rejects
- * Mesa's lavapipe (and SwiftShader aborts), so a CPU-only machine has none.
+ * `--version`, `--help`, `--validate-only`, `merge`, the library's exports and
+ * a library batch on the wasm backend (its threads on worker_threads, answers
+ * equal to Deno's) and a `run-batch` on it run everywhere; a WebGPU batch runs
+ * where Dawn (the `webgpu` package) finds an adapter, and is skipped with one
+ * line saying why elsewhere: Dawn rejects Mesa's lavapipe (and SwiftShader
+ * aborts), so a CPU-only machine has none.
  * BATCHWRIGHT_REQUIRE_GPU does not apply: CI's adapter is lavapipe.
  */
 import { assert, assertEquals } from "./_assert.ts";
 import { join, resolve } from "node:path";
 import { buildNode } from "../tools/build_node.ts";
+import { type BatchAnswer, Batchwright } from "../mod.ts";
 
 const ROOT = resolve(import.meta.dirname!, "..");
 const dec = new TextDecoder();
@@ -19,6 +22,8 @@ async function run(cmd: string, args: string[], cwd: string) {
     args,
     cwd,
     env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+    // A hung child (a worker that never answers) fails the test instead of stalling it.
+    signal: AbortSignal.timeout(300_000),
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -40,6 +45,32 @@ import "batchwright";
 const adapter = await navigator.gpu.requestAdapter();
 console.log(adapter ? "adapter " + (adapter.info.description || adapter.info.vendor) : "none");
 `;
+
+/** Greedy requests of every endpoint, for the wasm backend under node and under Deno. */
+const WASM_LINES = [
+  {
+    custom_id: "chat",
+    method: "POST",
+    url: "/v1/chat/completions",
+    body: { messages: [{ role: "user", content: "Hello there" }], max_tokens: 12, temperature: 0 },
+  },
+  {
+    custom_id: "completion",
+    method: "POST",
+    url: "/v1/completions",
+    body: { prompt: "The capital of France is", max_tokens: 9, temperature: 0 },
+  },
+  { custom_id: "embedding", method: "POST", url: "/v1/embeddings", body: { input: "batch" } },
+];
+
+/** What must agree between runtimes: the answers' bodies without their random ids and times. */
+function comparable(answers: BatchAnswer[]) {
+  return Object.fromEntries(answers.map((a) => {
+    const body = a.response?.body as Record<string, unknown> & { choices?: unknown[] };
+    const { id: _id, created: _created, ...rest } = body;
+    return [a.custom_id, rest];
+  }));
+}
 
 const lines = (text: string) => text.split("\n").filter(Boolean).map((l) => JSON.parse(l));
 
@@ -130,48 +161,86 @@ console.log(["Batchwright", "Engine", "runBatch", "ApiBackend", "formatSummary"]
         assertEquals(r.stdout.trim(), "function function function function function");
       });
 
+      await t.step(
+        "the library runs a batch on the wasm backend, answering as under Deno",
+        async () => {
+          const script = join(pkg, "wasm.mjs");
+          await Deno.writeTextFile(
+            script,
+            `import { Batchwright } from "batchwright";
+const llm = await Batchwright.load(${JSON.stringify(join(ROOT, "models/ernie-tiny"))}, {
+  backend: "wasm",
+  threads: 2,
+});
+const answers = [];
+for await (const a of llm.batch(${JSON.stringify(WASM_LINES)})) answers.push(a);
+await llm.close();
+console.log(JSON.stringify(answers));`,
+          );
+          const r = await run("node", [script], pkg);
+          assertEquals(r.code, 0, r.stderr);
+          const onNode = JSON.parse(r.stdout) as BatchAnswer[];
+          assertEquals(onNode.map((a) => a.response?.status_code), [200, 200, 200]);
+          const llm = await Batchwright.load("models/ernie-tiny", { backend: "wasm", threads: 2 });
+          const onDeno: BatchAnswer[] = [];
+          try {
+            for await (const a of llm.batch(WASM_LINES)) onDeno.push(a);
+          } finally {
+            await llm.close();
+          }
+          assertEquals(comparable(onNode), comparable(onDeno));
+        },
+      );
+
+      /** `node cli.mjs run-batch` on examples/input.jsonl; checks the answers. */
+      const realBatch = async (backend: string, name: string) => {
+        const out = join(tmp, `out-${name}.jsonl`);
+        const r = await node(
+          "run-batch",
+          "--model",
+          "models/ernie-tiny",
+          "-i",
+          "examples/input.jsonl",
+          "-o",
+          out,
+          "--order",
+          "input",
+          "--backend",
+          backend,
+        );
+        // Line 7 is invalid on purpose: the run completes and exits 0 with its 400.
+        assertEquals(r.code, 0, r.stderr);
+        assert(r.stderr.includes(`ernie-tiny on ${name}`), `not run on ${name}: ${r.stderr}`);
+        const answers = lines(await Deno.readTextFile(out));
+        assertEquals(
+          answers.map((a) => a.response?.status_code),
+          [200, 200, 200, 200, 200, 200, 400, 200],
+        );
+        const embedding = answers[4].response.body.data[0].embedding as number[];
+        const config = JSON.parse(await Deno.readTextFile("models/ernie-tiny/config.json"));
+        assertEquals(embedding.length, config.hidden_size);
+        assert(embedding.every(Number.isFinite), "embedding has non-finite values");
+        assert(answers[0].response.body.usage.completion_tokens > 0, "no tokens generated");
+      };
+
+      await t.step("run-batch runs a real batch on the wasm backend", async () => {
+        await realBatch("wasm", "wasm");
+      });
+
       await Deno.writeTextFile(join(pkg, "probe.mjs"), PROBE);
       const probe = await run("node", [join(pkg, "probe.mjs")], pkg);
       assertEquals(probe.code, 0, `the adapter probe failed: ${probe.stderr}`);
       const adapter = probe.stdout.trim();
       if (adapter === "none") {
         console.log(
-          "node_test: real batch skipped: Dawn found no WebGPU adapter here " +
+          "node_test: WebGPU batch skipped: Dawn found no WebGPU adapter here " +
             "(it rejects Mesa's lavapipe and SwiftShader aborts; it needs a GPU driver)",
         );
       }
       await t.step({
-        name: `a batch on models/ernie-tiny runs on Dawn (${adapter})`,
+        name: `run-batch runs a real batch on WebGPU through Dawn (${adapter})`,
         ignore: adapter === "none",
-        fn: async () => {
-          const out = join(tmp, "out.jsonl");
-          const r = await node(
-            "run-batch",
-            "--model",
-            "models/ernie-tiny",
-            "-i",
-            "examples/input.jsonl",
-            "-o",
-            out,
-            "--order",
-            "input",
-            "-q",
-          );
-          // Line 7 is invalid on purpose: the run completes and exits 0 with its 400.
-          assertEquals(r.code, 0, r.stderr);
-          const answers = lines(await Deno.readTextFile(out));
-          assertEquals(answers.length, 8);
-          assertEquals(
-            answers.map((a) => a.response?.status_code),
-            [200, 200, 200, 200, 200, 200, 400, 200],
-          );
-          const embedding = answers[4].response.body.data[0].embedding as number[];
-          const config = JSON.parse(await Deno.readTextFile("models/ernie-tiny/config.json"));
-          assertEquals(embedding.length, config.hidden_size);
-          assert(embedding.every(Number.isFinite), "embedding has non-finite values");
-          const chat = answers[0].response.body;
-          assert(chat.usage.completion_tokens > 0, "no tokens generated");
-        },
+        fn: () => realBatch("webgpu", "webgpu"),
       });
     } finally {
       await Deno.remove(tmp, { recursive: true });
