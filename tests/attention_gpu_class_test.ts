@@ -15,6 +15,7 @@ import {
   attentionWork,
   partialsSize,
 } from "../engine/gpu/attention_gpu.ts";
+import { assertEquals } from "./_assert.ts";
 import { assertClose, gpuTest, randomArray, rng } from "./_gpu.ts";
 
 interface Case {
@@ -218,3 +219,33 @@ for (const c of CASES) {
     },
   );
 }
+
+Deno.test("one-token sequences are decode rows, longer ones tiles, pieces counted to the last position", () => {
+  const layout = {
+    piece: 256,
+    pieces: 8,
+    maxTokens: 512,
+    decodeHeads: 8,
+    prefillHeads: 8,
+    tileTokens: 128,
+  };
+  const work = attentionWork([
+    { start: 0, count: 300 },
+    { start: 900, count: 1 },
+    { start: 5, count: 1 },
+    { start: 40, count: 2 },
+  ], layout);
+  assertEquals([...work.decodeTiles], [300, 1, 301, 1]);
+  assertEquals([...work.prefillTiles], [0, 128, 128, 128, 256, 44, 302, 2]);
+  assertEquals(work.decodePieces, 4); // position 900 is in piece 3
+  assertEquals(work.prefillPieces, 2); // position 299 is in piece 1
+});
+
+gpuTest("pieces double at load until the longest context needs at most 64", (gpu) => {
+  const a = { heads: 16, kvHeads: 2, headDim: 128, blockSize: 16, kvF16: true };
+  assertEquals(attentionLayout(gpu, { ...a, maxBlocks: 1024 }, 64).piece, 256); // 16,384 keys
+  assertEquals(attentionLayout(gpu, { ...a, maxBlocks: 1025 }, 64).piece, 512);
+  assertEquals(attentionLayout(gpu, { ...a, maxBlocks: 8192 }, 64).piece, 2048); // 131,072 keys
+  const l = attentionLayout(gpu, { ...a, maxBlocks: 8192 }, 64);
+  assertEquals([l.pieces, l.decodeHeads, l.prefillHeads, l.tileTokens], [64, 8, 8, 8]);
+});
