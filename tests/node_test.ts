@@ -195,18 +195,13 @@ console.log(JSON.stringify(answers));`,
       /** `node cli.mjs run-batch` on examples/input.jsonl; checks the answers. */
       const realBatch = async (backend: string, name: string) => {
         const out = join(tmp, `out-${name}.jsonl`);
-        const r = await node(
-          "run-batch",
-          "--model",
-          "models/ernie-tiny",
-          "-i",
-          "examples/input.jsonl",
-          "-o",
-          out,
-          "--order",
-          "input",
-          "--backend",
-          backend,
+        const args = ["-i", join(ROOT, "examples/input.jsonl"), "-o", out, "--order", "input"];
+        // From an empty folder: models/ernie-tiny is the one the package ships beside cli.mjs.
+        const empty = await Deno.makeTempDir({ dir: tmp });
+        const r = await run(
+          "node",
+          [cli, "run-batch", "--model", "models/ernie-tiny", ...args, "--backend", backend],
+          empty,
         );
         // Line 7 is invalid on purpose: the run completes and exits 0 with its 400.
         assertEquals(r.code, 0, r.stderr);

@@ -7,6 +7,8 @@
  *                dependencies webgpu (Dawn, for navigator.gpu) and @deno/shim-deno
  * mod.mjs        node/mod.ts bundled: node/setup.ts, then everything mod.ts exports
  * cli.mjs        node/cli.ts bundled: node/setup.ts, then cli.ts's main()
+ * models/        the shipped model (ernie-tiny), beside cli.mjs as it is beside
+ *                cli.ts, so `--model models/ernie-tiny` works from any folder
  * ```
  *
  * Each file is one `deno bundle` of its entry: the project's modules, the WGSL
@@ -24,6 +26,9 @@ import { fileURLToPath } from "node:url";
 import denoJson from "../deno.json" with { type: "json" };
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** Models shipped in the package: cli.ts finds `models/NAME` beside itself (SHIPPED_MODELS). */
+const SHIPPED = ["models/ernie-tiny"];
 
 /** Packages the Node entry loads at run time from node_modules (not bundled). */
 export const NODE_DEPENDENCIES = ["webgpu", "@deno/shim-deno"] as const;
@@ -86,6 +91,13 @@ export async function buildNode(o: { out?: string } = {}): Promise<string> {
   await bundle("node/mod.ts", join(out, "mod.mjs"));
   await bundle("node/cli.ts", join(out, "cli.mjs"));
   await Deno.chmod(join(out, "cli.mjs"), 0o755);
+  for (const model of SHIPPED) {
+    await Deno.remove(join(out, model), { recursive: true }).catch(() => {});
+    await Deno.mkdir(join(out, model), { recursive: true });
+    for (const e of Deno.readDirSync(join(ROOT, model))) {
+      if (e.isFile) await Deno.copyFile(join(ROOT, model, e.name), join(out, model, e.name));
+    }
+  }
   await Deno.writeTextFile(
     join(out, "package.json"),
     JSON.stringify(nodePackageJson(), null, 2) + "\n",
