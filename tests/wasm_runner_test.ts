@@ -255,3 +255,27 @@ Deno.test("backend auto runs wasm on a software or fallback adapter or without o
   );
   await engine.close();
 });
+
+Deno.test("wasm logits are bit-identical on 1, 2 and 3 threads", async () => {
+  const r = rng(31);
+  const prompts = [9, 40, 3].map((n) =>
+    Array.from({ length: n }, () => 3 + Math.floor(r() * 2000))
+  );
+  const logits: number[][] = [];
+  for (const threads of [1, 2, 3]) {
+    const runner = await makeWasmRunner("models/ernie-tiny", {}, threads);
+    const res = await runner.step(
+      prompts.map((tokens, i) => ({
+        tokens,
+        start: 0,
+        blockTable: [3 * i, 3 * i + 1, 3 * i + 2],
+        output: "sample" as const,
+      })),
+      true,
+    );
+    logits.push([...res.logits!]);
+    runner.destroy();
+  }
+  assertEquals(logits[1], logits[0], "2 threads vs 1");
+  assertEquals(logits[2], logits[0], "3 threads vs 1");
+});

@@ -71,8 +71,8 @@ typedef struct {
   const u32 *block_table; // (S, max_blocks)
   const u32 *out_rows;    // (R) token index of each output row
   u32 *out_ids;           // (L_rows) argmax ids
-  // Barrier state (atomics).
-  u32 bar_count, bar_gen;
+  // Barrier state and the next unclaimed work item of the current op (atomics).
+  u32 bar_count, bar_gen, work;
 } Model;
 
 u32 model_fields(void) { return sizeof(Model) / 4; }
@@ -81,10 +81,16 @@ u32 layer_fields(void) { return sizeof(Layer) / 4; }
 
 // ---------------------------------------------------------------- threads
 
+// Waits until every thread has arrived; the last to arrive resets the work counter
+// for the next op (nobody claims from it before the barrier releases).
 static void barrier(Model *m) {
-  if (m->threads == 1) return;
+  if (m->threads == 1) {
+    m->work = 0;
+    return;
+  }
   u32 gen = __atomic_load_n(&m->bar_gen, __ATOMIC_ACQUIRE);
   if (__atomic_add_fetch(&m->bar_count, 1, __ATOMIC_ACQ_REL) == m->threads) {
+    __atomic_store_n(&m->work, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&m->bar_count, 0, __ATOMIC_RELAXED);
     __atomic_add_fetch(&m->bar_gen, 1, __ATOMIC_RELEASE);
     __builtin_wasm_memory_atomic_notify((int *)&m->bar_gen, 0xffffffffu);
@@ -98,9 +104,16 @@ static void barrier(Model *m) {
   }
 }
 
-// [lo, hi) of n items for thread t of `threads`.
-static inline u32 split_lo(u32 n, u32 t, u32 threads) {
-  return (u32)(((uint64_t)n * t) / threads);
+// Claims the next `chunk` items [lo, hi) of an op's n items; 0 when none are left.
+// Threads take work as they come free, so one that the OS has descheduled delays a
+// barrier by one chunk, not by its whole share. Which thread computes an item
+// never changes its result.
+static inline int claim(Model *m, u32 n, u32 chunk, u32 *lo, u32 *hi) {
+  u32 c = __atomic_fetch_add(&m->work, chunk, __ATOMIC_RELAXED);
+  if (c >= n) return 0;
+  *lo = c;
+  *hi = n - c < chunk ? n : c + chunk;
+  return 1;
 }
 
 // ---------------------------------------------------------------- math
@@ -173,10 +186,10 @@ static inline float dot(const float *x, const float *y, u32 n) {
 // ---------------------------------------------------------------- ops
 
 // out[r] = w ⊙ x[src(r)] / sqrt(mean(x[src(r)]²) + eps) for rows split over threads.
-static void rms_norm(const Model *m, u32 t, const float *x, const float *w, float *out, u32 rows,
+static void rms_norm(Model *m, u32 t, const float *x, const float *w, float *out, u32 rows,
                      const u32 *gather) {
   u32 H = m->hidden;
-  for (u32 r = split_lo(rows, t, m->threads); r < split_lo(rows, t + 1, m->threads); r++) {
+  for (u32 lo, hi; claim(m, rows, 4, &lo, &hi);) for (u32 r = lo; r < hi; r++) {
     const float *src = x + (gather ? gather[r] : r) * H;
     float scale = 1.0f / __builtin_sqrtf(dot(src, src, H) / (float)H + m->eps);
     float *dst = out + r * H;
@@ -195,9 +208,9 @@ static inline float weight_at(const Weight *w, u32 c, u32 k) {
   return ((const float *)w->data)[((size_t)p * w->k + k) * 8 + b * 4 + j];
 }
 
-static void embedding(const Model *m, u32 t) {
+static void embedding(Model *m, u32 t) {
   u32 H = m->hidden;
-  for (u32 i = split_lo(m->tokens, t, m->threads); i < split_lo(m->tokens, t + 1, m->threads); i++) {
+  for (u32 lo, hi; claim(m, m->tokens, 8, &lo, &hi);) for (u32 i = lo; i < hi; i++) {
     u32 id = m->ids[i];
     for (u32 c = 0; c < H; c++) m->x[i * H + c] = weight_at(m->embed, id, c);
   }
@@ -261,12 +274,12 @@ static inline __attribute__((always_inline)) void tile(const int R, const int BF
   }
 }
 
-static inline __attribute__((always_inline)) void matmul_bf(const int BF, const Model *m, u32 t,
+static inline __attribute__((always_inline)) void matmul_bf(const int BF, Model *m, u32 t,
                                                             const Weight *w, const float *x,
                                                             u32 ldx, float *out, u32 ldo, u32 rows,
                                                             int mode) {
-  u32 lo = split_lo(w->panels, t, m->threads), hi = split_lo(w->panels, t + 1, m->threads);
-  for (u32 p = lo; p < hi; p++) {
+  u32 chunk = rows >= 16 ? 1 : rows >= 4 ? 4 : 16;  // panels per claim
+  for (u32 lo, hi; claim(m, w->panels, chunk, &lo, &hi);) for (u32 p = lo; p < hi; p++) {
     u32 r = 0;
     for (; r + TILE_ROWS <= rows; r += TILE_ROWS) {
       tile(TILE_ROWS, BF, w, p, x + r * ldx, ldx, out + r * ldo, ldo, mode);
@@ -287,19 +300,19 @@ static inline __attribute__((always_inline)) void matmul_bf(const int BF, const 
 }
 
 // out (rows, ldo) = or += x (rows, ldx) · Wᵀ, this thread's share of the panels.
-static void matmul(const Model *m, u32 t, const Weight *w, const float *x, u32 ldx, float *out,
+static void matmul(Model *m, u32 t, const Weight *w, const float *x, u32 ldx, float *out,
                    u32 ldo, u32 rows, int mode) {
   if (w->bf16) matmul_bf(1, m, t, w, x, ldx, out, ldo, rows, mode);
   else matmul_bf(0, m, t, w, x, ldx, out, ldo, rows, mode);
 }
 
 // Interleaved rotary embedding of q and k in place, then k and v appended at the token's slot.
-static void rotary_kv(const Model *m, u32 t, const Layer *l) {
+static void rotary_kv(Model *m, u32 t, const Layer *l) {
   u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, half = D / 2;
   u32 width = (HQ + 2 * HKV) * D;
   float *cs = m->scratch + t * m->scratch_floats;  // (D/2) cos, then (D/2) sin
   float *sn = cs + half;
-  for (u32 i = split_lo(m->tokens, t, m->threads); i < split_lo(m->tokens, t + 1, m->threads); i++) {
+  for (u32 lo, hi; claim(m, m->tokens, 4, &lo, &hi);) for (u32 i = lo; i < hi; i++) {
     float pos = (float)m->positions[i] * m->pos_scale;
     for (u32 f = 0; f < half; f++) {
       double s, c;
@@ -328,7 +341,7 @@ enum { CHUNK = 32 };
 
 // Causal attention of one token for all query heads of one KV head, in chunks of
 // CHUNK keys with an online softmax; keys read through the sequence's block table.
-static void attend(const Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
+static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
   u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, G = HQ / HKV;
   u32 width = (HQ + 2 * HKV) * D;
   float *q = scratch;             // (G, D) scaled queries
@@ -394,19 +407,18 @@ static void attend(const Model *m, const Layer *l, u32 i, u32 g, float *scratch)
   }
 }
 
-static void attention(const Model *m, u32 t, const Layer *l) {
+static void attention(Model *m, u32 t, const Layer *l) {
   u32 tasks = m->tokens * m->kv_heads;
   float *scratch = m->scratch + t * m->scratch_floats;
-  for (u32 x = split_lo(tasks, t, m->threads); x < split_lo(tasks, t + 1, m->threads); x++) {
+  for (u32 lo, hi; claim(m, tasks, 1, &lo, &hi);) for (u32 x = lo; x < hi; x++) {
     attend(m, l, x / m->kv_heads, x % m->kv_heads, scratch);
   }
 }
 
 // ids[r] = argmax over the first valid_vocab logits of row r; ties → lowest id.
-static void argmax(const Model *m, u32 t) {
+static void argmax(Model *m, u32 t) {
   u32 V = m->vocab;
-  for (u32 r = split_lo(m->logit_rows, t, m->threads); r < split_lo(m->logit_rows, t + 1, m->threads);
-       r++) {
+  for (u32 lo, hi; claim(m, m->logit_rows, 1, &lo, &hi);) for (u32 r = lo; r < hi; r++) {
     const float *row = m->logits + (size_t)r * V;
     float best = -3.0e38f;
     u32 id = 0xffffffffu;
@@ -457,9 +469,11 @@ void run_step(Model *m, u32 t) {
       argmax(m, t);
     }
   }
+  barrier(m);  // leaves the work counter at 0 for the next call
 }
 
 // Matmul alone, for benchmarks and kernel tests: out (rows, w.n) = x (rows, w.k) · Wᵀ.
 void run_matmul(Model *m, u32 t, const Weight *w, const float *x, float *out, u32 rows) {
   matmul(m, t, w, x, w->k, out, w->n, rows, STORE);
+  barrier(m);
 }

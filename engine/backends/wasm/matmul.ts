@@ -35,7 +35,7 @@ export class WasmMatmul {
   ): Promise<WasmMatmul> {
     const pool = await WasmThreads.start(threads);
     const packed = packWeight(pool, w);
-    // run_matmul reads `threads` and the barrier words of the Model struct only.
+    // run_matmul reads `threads` and the barrier and work words of the Model struct only.
     const model = pool.alloc(pool.structWords.model * 4);
     pool.u32(model, 1)[0] = threads;
     const ws = pool.alloc(WEIGHT_WORDS * 4);

@@ -55,6 +55,7 @@ const MODEL_FIELDS = [
   "out_ids",
   "bar_count",
   "bar_gen",
+  "work",
 ] as const;
 type ModelField = typeof MODEL_FIELDS[number];
 const F = Object.fromEntries(MODEL_FIELDS.map((f, i) => [f, i])) as Record<ModelField, number>;
