@@ -6,11 +6,12 @@
  * one kernels.c compiles to. (The reference checks shared with the WebGPU
  * runner are in model_test.ts and model_variants_test.ts.)
  */
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { fromBf16, randomArray, rng, toBf16 } from "./_gpu.ts";
 import { ReferenceModel } from "./reference.ts";
 import { makeWasmRunner, relError } from "./_runners.ts";
 import { WasmMatmul } from "../engine/backends/wasm/matmul.ts";
+import { wasmLimits } from "../engine/backends/wasm/wasm_runner.ts";
 import { compileKernels, hasClang, moduleText, OUTPUT } from "../tools/build_wasm.ts";
 import { Engine } from "../engine/engine.ts";
 import { Gpu, NoGpuError } from "../engine/gpu/device.ts";
@@ -278,4 +279,23 @@ Deno.test("wasm logits are bit-identical on 1, 2 and 3 threads", async () => {
   }
   assertEquals(logits[1], logits[0], "2 threads vs 1");
   assertEquals(logits[2], logits[0], "3 threads vs 1");
+});
+
+Deno.test("wasmLimits fit the 0.3B model in 4 GiB and refuse one whose weights do not fit", () => {
+  const shape = {
+    hiddenSize: 1024,
+    intermediateSize: 3072,
+    numLayers: 18,
+    numHeads: 16,
+    numKvHeads: 2,
+    headDim: 128,
+    vocabSize: 103424,
+    ropeTheta: 500000,
+    rmsNormEps: 1e-5,
+    compressionRatio: 1,
+  };
+  const limits = wasmLimits(shape);
+  assertEquals(limits.defaultKvBytes, 1024 ** 3);
+  assert(limits.maxKvBytesPerLayer * 2 * 18 <= 4 * 1024 ** 3 - 700e6, "KV + weights fit 4 GiB");
+  assertThrows(() => wasmLimits({ ...shape, numLayers: 200 }), /--backend webgpu/);
 });

@@ -98,8 +98,14 @@ function weightEstimate(s: ModelShape): number {
  * one 4 GiB wasm32 memory. The default KV budget is 1 GiB or what is left.
  */
 export function wasmLimits(shape: ModelShape): BackendLimits {
-  const free = WASM_MEMORY - weightEstimate(shape) - ACTIVATION_RESERVE;
-  const kv = Math.max(0, free);
+  const weights = weightEstimate(shape);
+  const kv = WASM_MEMORY - weights - ACTIVATION_RESERVE;
+  if (kv < 64 * 1024 ** 2) {
+    throw new Error(
+      `The model's weights (about ${(weights / GIB).toFixed(1)} GiB as bf16) leave no room for a ` +
+        `KV cache in a 4 GiB WebAssembly memory: use --backend webgpu`,
+    );
+  }
   return {
     maxKvBytesPerLayer: Math.floor(kv / (2 * shape.numLayers)),
     defaultKvBytes: Math.min(GIB, kv),
