@@ -272,7 +272,19 @@ export class GrammarEngine {
   }
 }
 
-/** One sequence's position in its grammar. */
+/**
+ * One sequence's position in its grammar: fill a mask, sample within it,
+ * accept the id, repeat.
+ *
+ * @example
+ * ```ts
+ * import type { TokenMatcher } from "./grammar.ts";
+ * declare const m: TokenMatcher;
+ * const mask = new Uint32Array(m.maskWords);
+ * await m.fillMask(mask);
+ * m.accept(123); // an id whose bit is set in mask
+ * ```
+ */
 export class TokenMatcher {
   #disposed = false;
   /** UTF-8 state of the bytes accepted so far. */
@@ -323,7 +335,15 @@ export class TokenMatcher {
   }
 }
 
-/** Whether bit `id` of a mask is set. */
+/**
+ * Whether bit `id` of a mask is set.
+ *
+ * @example
+ * ```ts
+ * import { maskAllows } from "./grammar.ts";
+ * maskAllows(new Uint32Array([0b100]), 2); // true
+ * ```
+ */
 export function maskAllows(mask: Uint32Array, id: number): boolean {
   return (((mask[id >>> 5] ?? 0) >>> (id & 31)) & 1) === 1;
 }
