@@ -218,6 +218,24 @@ static void embedding(Model *m, u32 t) {
 
 enum { STORE = 0, ADD = 1, SWIGLU = 2 };
 
+// Writes one row's outputs of panel p: stored, added, or silu(gate)·up for gate_up.
+static inline __attribute__((always_inline)) void store_tile(int mode, const Weight *w, u32 p,
+                                                             float *o, v128_t a, v128_t b) {
+  float av[4], bv[4];
+  if (mode == SWIGLU) {
+    wasm_v128_store(av, vswiglu(a, b));
+    for (u32 j = 0; j < 4 && 4 * p + j < w->n; j++) o[4 * p + j] = av[j];
+    return;
+  }
+  wasm_v128_store(av, a);
+  wasm_v128_store(bv, b);
+  for (u32 j = 0; j < 8 && 8 * p + j < w->n; j++) {
+    float v = j < 4 ? av[j] : bv[j - 4];
+    if (mode == ADD) o[8 * p + j] += v;
+    else o[8 * p + j] = v;
+  }
+}
+
 // Rows of x per register tile: 4 rows × 8 columns = 8 accumulators (6 rows, 12
 // accumulators, measured no faster).
 #define TILE_ROWS 4
@@ -256,54 +274,85 @@ static inline __attribute__((always_inline)) void tile(const int R, const int BF
       b[r] = wasm_f32x4_relaxed_madd(wb, s, b[r]);
     }
   }
-  for (int r = 0; r < R; r++) {
-    float *o = out + r * ldo;
-    float av[4], bv[4];
-    if (mode == SWIGLU) {
-      wasm_v128_store(av, vswiglu(a[r], b[r]));
-      for (u32 j = 0; j < 4 && 4 * p + j < w->n; j++) o[4 * p + j] = av[j];
-      continue;
+  for (int r = 0; r < R; r++) store_tile(mode, w, p, out + r * ldo, a[r], b[r]);
+}
+
+// One row against 4 panels p..p+3: 8 independent accumulator chains instead of 2, so a
+// single row (decode of one sequence) streams weights instead of waiting on the
+// multiply-add latency. Each output still sums k in order from 0, as in `tile`.
+static inline __attribute__((always_inline)) void gemv4(const int BF, const Weight *w, u32 p,
+                                                        const float *x, float *out, int mode) {
+  v128_t a[4], b[4];
+#pragma clang loop unroll(full)
+  for (int i = 0; i < 4; i++) a[i] = b[i] = wasm_f32x4_splat(0);
+  const u32 K = w->k;
+  const v128_t hi = wasm_i32x4_splat((int)0xffff0000u);
+  const u32 *pw = (const u32 *)w->data + (size_t)p * K * 4;
+  const float *pf = (const float *)w->data + (size_t)p * K * 8;
+  for (u32 k = 0; k < K; k++) {
+    v128_t s = wasm_v128_load32_splat(x + k);
+#pragma clang loop unroll(full)
+    for (int i = 0; i < 4; i++) {
+      v128_t wa, wb;
+      if (BF) {
+        v128_t v = wasm_v128_load(pw + (size_t)i * K * 4 + 4 * k);
+        wa = wasm_v128_and(v, hi);
+        wb = wasm_i32x4_shl(v, 16);
+      } else {
+        wa = wasm_v128_load(pf + (size_t)i * K * 8 + 8 * k);
+        wb = wasm_v128_load(pf + (size_t)i * K * 8 + 8 * k + 4);
+      }
+      a[i] = wasm_f32x4_relaxed_madd(wa, s, a[i]);
+      b[i] = wasm_f32x4_relaxed_madd(wb, s, b[i]);
     }
-    wasm_v128_store(av, a[r]);
-    wasm_v128_store(bv, b[r]);
-    for (u32 j = 0; j < 8 && 8 * p + j < w->n; j++) {
-      float v = j < 4 ? av[j] : bv[j - 4];
-      if (mode == ADD) o[8 * p + j] += v;
-      else o[8 * p + j] = v;
-    }
+  }
+  for (int i = 0; i < 4; i++) store_tile(mode, w, p + i, out, a[i], b[i]);
+}
+
+// Rows [0, rows) against panel p: full tiles, then one remainder tile.
+static inline __attribute__((always_inline)) void matmul_panel(const int BF, const Weight *w, u32 p,
+                                                               const float *x, u32 ldx, float *out,
+                                                               u32 ldo, u32 rows, int mode) {
+  u32 r = 0;
+  for (; r + TILE_ROWS <= rows; r += TILE_ROWS) {
+    tile(TILE_ROWS, BF, w, p, x + r * ldx, ldx, out + r * ldo, ldo, mode);
+  }
+  const float *xt = x + r * ldx;
+  float *ot = out + r * ldo;
+  switch (rows - r) {
+    case 1: tile(1, BF, w, p, xt, ldx, ot, ldo, mode); break;
+    case 2: tile(2, BF, w, p, xt, ldx, ot, ldo, mode); break;
+    case 3: tile(3, BF, w, p, xt, ldx, ot, ldo, mode); break;
+#if TILE_ROWS > 4
+    case 4: tile(4, BF, w, p, xt, ldx, ot, ldo, mode); break;
+    case 5: tile(5, BF, w, p, xt, ldx, ot, ldo, mode); break;
+#endif
+    default: break;
   }
 }
 
-static inline __attribute__((always_inline)) void matmul_bf(const int BF, Model *m, u32 t,
-                                                            const Weight *w, const float *x,
-                                                            u32 ldx, float *out, u32 ldo, u32 rows,
-                                                            int mode) {
+static inline __attribute__((always_inline)) void matmul_bf(const int BF, Model *m, const Weight *w,
+                                                            const float *x, u32 ldx, float *out,
+                                                            u32 ldo, u32 rows, int mode) {
   u32 chunk = rows >= 16 ? 1 : rows >= 4 ? 4 : 16;  // panels per claim
-  for (u32 lo, hi; claim(m, w->panels, chunk, &lo, &hi);) for (u32 p = lo; p < hi; p++) {
-    u32 r = 0;
-    for (; r + TILE_ROWS <= rows; r += TILE_ROWS) {
-      tile(TILE_ROWS, BF, w, p, x + r * ldx, ldx, out + r * ldo, ldo, mode);
-    }
-    const float *xt = x + r * ldx;
-    float *ot = out + r * ldo;
-    switch (rows - r) {
-      case 1: tile(1, BF, w, p, xt, ldx, ot, ldo, mode); break;
-      case 2: tile(2, BF, w, p, xt, ldx, ot, ldo, mode); break;
-      case 3: tile(3, BF, w, p, xt, ldx, ot, ldo, mode); break;
-#if TILE_ROWS > 4
-      case 4: tile(4, BF, w, p, xt, ldx, ot, ldo, mode); break;
-      case 5: tile(5, BF, w, p, xt, ldx, ot, ldo, mode); break;
-#endif
-      default: break;
-    }
+  // A lone last row (M = 1, 5, 9, ...) goes through gemv4, four panels at a time.
+  u32 tiled = rows % TILE_ROWS == 1 ? rows - 1 : rows;
+  const float *xl = x + tiled * ldx;
+  float *ol = out + tiled * ldo;
+  for (u32 lo, hi; claim(m, w->panels, chunk, &lo, &hi);) {
+    for (u32 p = lo; p < hi; p++) matmul_panel(BF, w, p, x, ldx, out, ldo, tiled, mode);
+    if (tiled == rows) continue;
+    u32 p = lo;
+    for (; p + 4 <= hi; p += 4) gemv4(BF, w, p, xl, ol, mode);
+    for (; p < hi; p++) tile(1, BF, w, p, xl, ldx, ol, ldo, mode);
   }
 }
 
 // out (rows, ldo) = or += x (rows, ldx) · Wᵀ, this thread's share of the panels.
 static void matmul(Model *m, u32 t, const Weight *w, const float *x, u32 ldx, float *out,
                    u32 ldo, u32 rows, int mode) {
-  if (w->bf16) matmul_bf(1, m, t, w, x, ldx, out, ldo, rows, mode);
-  else matmul_bf(0, m, t, w, x, ldx, out, ldo, rows, mode);
+  if (w->bf16) matmul_bf(1, m, w, x, ldx, out, ldo, rows, mode);
+  else matmul_bf(0, m, w, x, ldx, out, ldo, rows, mode);
 }
 
 // Interleaved rotary embedding of q and k in place, then k and v appended at the token's slot.
