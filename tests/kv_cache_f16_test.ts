@@ -3,7 +3,8 @@
  * to nearest), and the cpu-class attention kernel reads them, both against a
  * CPU reference on seeded random inputs; `auto` resolves by class and device.
  */
-import { assertEquals } from "./_assert.ts";
+import { assertEquals, assertRejects } from "./_assert.ts";
+import { Engine } from "../engine/engine.ts";
 import type { Gpu } from "../engine/gpu/device.ts";
 import * as k from "../engine/gpu/kernels.ts";
 import { chooseKvCacheDtype } from "../engine/gpu/registry.ts";
@@ -119,4 +120,36 @@ Deno.test("auto KV dtype is f16 only for the gpu class on a device with shader-f
   assertEquals(chooseKvCacheDtype("auto", "cpu", true), "f32");
   assertEquals(chooseKvCacheDtype("f16", "cpu", false), "f16");
   assertEquals(chooseKvCacheDtype("f32", "gpu", true), "f32");
+});
+
+gpuTest(
+  "an f16 KV cache holds twice the tokens of f32 in the same --kv-cache-memory",
+  async (gpu) => {
+    const blocks: number[] = [];
+    for (const kvCacheDtype of ["f32", "f16"] as const) {
+      // 1 MiB holds 1,024 f32 tokens of the fixture (2 layers × K, V × 2 heads × 32 × 4 bytes).
+      const engine = await Engine.load("models/ernie-tiny", {
+        gpu,
+        kernels: "gpu",
+        kvCacheDtype,
+        kvCacheMemory: 1 << 20,
+        maxModelLen: 512,
+        maxNumSeqs: 8,
+      });
+      blocks.push(engine.runner.options.numBlocks);
+      assertEquals(
+        engine.runner.kvBytes,
+        blocks.at(-1)! * 16 * 2 * 2 * 2 * 32 * (kvCacheDtype === "f16" ? 2 : 4),
+      );
+      await engine.close();
+    }
+    assertEquals(blocks, [64, 128]);
+  },
+);
+
+Deno.test("--kv-cache-dtype f16 on the wasm backend is refused with what to do", async () => {
+  await assertRejects(
+    () => Engine.load("models/ernie-tiny", { backend: "wasm", kvCacheDtype: "f16" }),
+    /--kv-cache-dtype f16 needs the webgpu backend/,
+  );
 });
