@@ -322,18 +322,17 @@ function nucleusCandidates(
   // keys: unique and ascending from best to worst: the float's bits mapped to
   // descending order (−0 as +0), times ID_RANGE, plus the id (ties: lower id first).
   const bits = new Uint32Array(work.buffer, work.byteOffset, n);
-  let keys = new Float64Array(n);
-  let mass = new Float64Array(n);
   let m = 0;
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n; i++) if (weights[i]! >= floor) m++;
+  const keys = new Float64Array(m);
+  const mass = new Float64Array(m);
+  for (let i = 0, j = 0; i < n; i++) {
     if (weights[i]! < floor) continue;
     const b = bits[i] === 0x80000000 ? 0 : bits[i]!;
     const ascending = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
-    keys[m] = (0xffffffff - ascending) * ID_RANGE + i;
-    mass[m++] = weights[i]!;
+    keys[j] = (0xffffffff - ascending) * ID_RANGE + i;
+    mass[j++] = weights[i]!;
   }
-  keys = keys.subarray(0, m);
-  mass = mass.subarray(0, m);
   // Invariant: keys[0, lo) are all kept (their mass is `kept` < goal) and the
   // answer ends in (lo, hi].
   let lo = 0;
