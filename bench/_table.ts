@@ -66,7 +66,9 @@ export function printTable(r: TableInput): void {
   const peer = r.e2e.nodeLlamaCpp;
   const peerOk = peer !== null && !("error" in peer) ? peer : null;
   const peerName = peerOk
-    ? `node-llama-cpp ${peerOk.nodeLlamaCpp} (llama.cpp ${peerOk.llamaCpp.release}, ${peerOk.threads} threads)`
+    ? `node-llama-cpp ${peerOk.nodeLlamaCpp} (prebuilt llama.cpp, ${peerOk.threads} thread${
+      peerOk.threads === 1 ? "" : "s"
+    })`
     : "node-llama-cpp";
   const oursName = ours ? `batchwright (${ours.backend})` : "batchwright";
   const tps = (f?: RunFigures | null) => (f ? f.tokensPerSecond.toFixed(1) : null);
