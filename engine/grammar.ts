@@ -278,11 +278,18 @@ export class GrammarEngine {
  *
  * @example
  * ```ts
- * import type { TokenMatcher } from "./grammar.ts";
- * declare const m: TokenMatcher;
+ * import { GrammarEngine } from "./grammar.ts";
+ * import { ModelTokenizer } from "./loader/tokenizer.ts";
+ * const tok = await ModelTokenizer.load("models/ernie-tiny");
+ * const grammars = await GrammarEngine.create(tok, tok.vocabSize, tok.eosTokenIds);
+ * const m = await grammars.matcher({ type: "json_object" });
  * const mask = new Uint32Array(m.maskWords);
  * await m.fillMask(mask);
- * m.accept(123); // an id whose bit is set in mask
+ * const word = mask.findIndex((w) => w !== 0); // the first allowed id:
+ * const id = word * 32 + 31 - Math.clz32(mask[word]! & -mask[word]!);
+ * m.accept(id); // an id whose bit is set in mask
+ * m.dispose();
+ * grammars.dispose();
  * ```
  */
 export class TokenMatcher {
