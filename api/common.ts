@@ -70,7 +70,12 @@ export function formatPath(path: readonly PropertyKey[]): string {
  * ```ts
  * import { z } from "zod";
  * import { parseBody } from "./common.ts";
- * parseBody(z.object({ n: z.number() }), { n: "2" }); // throws: `n: expected number, received string`
+ * import { RequestError } from "../engine/types.ts";
+ * try {
+ *   parseBody(z.object({ n: z.number() }), { n: "2" });
+ * } catch (e) {
+ *   console.log((e as RequestError).param); // "n": the message names the field
+ * }
  * ```
  */
 export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {

@@ -49,8 +49,12 @@ const CONFLICTS: readonly [field: string, reason: string][] = [
  * ```ts
  * import { toResponseFormat } from "./response_format.ts";
  * toResponseFormat({ type: "json_object" }, {}); // { type: "json_object" }
- * toResponseFormat({ type: "json_schema", json_schema: { name: "x", schema: { type: "string", pattern: "a+" } } }, {});
- * // throws: response_format.json_schema.schema: keyword "pattern" is not supported ...
+ * try {
+ *   const schema = { type: "string", pattern: "a+" };
+ *   toResponseFormat({ type: "json_schema", json_schema: { name: "x", schema } }, {});
+ * } catch (e) {
+ *   console.log((e as Error).message); // ...: keyword "pattern" is not supported ...
+ * }
  * ```
  */
 export function toResponseFormat(

@@ -140,7 +140,7 @@ const _list = (items: readonly string[]) =>
  * belongs to no request.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await mergeOutputs({
  *   inputs: ["out-0.jsonl", "out-1.jsonl", "out-2.jsonl"],
  *   output: "out.jsonl",

@@ -37,7 +37,7 @@ const isLocal = (s: string) => s !== "-" && !/^https?:\/\//i.test(s);
  * Checks every path of a batch without writing anything but missing folders.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await preflightBatch({ input: "requests.jsonl", output: "out/results.jsonl" });
  * // throws InputError / OutputError naming the path, or creates out/ and returns
  * ```

@@ -53,7 +53,7 @@ const isUrl = (input: string) => /^https?:\/\//i.test(input);
  * Opens the input as a byte stream, already decompressed when it is gzip.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const bytes = await openInput("requests.jsonl.gz");
  * for await (const chunk of bytes) console.log(chunk.byteLength);
  * ```
@@ -195,7 +195,7 @@ const _isBlank = (bytes: Uint8Array) =>
  * input itself fails (missing file, HTTP error, dropped connection, corrupt gzip).
  *
  * @example
- * ```ts
+ * ```ts ignore
  * for await (const line of readLines("requests.jsonl")) {
  *   if (line.error !== undefined) console.error(line.error);
  *   else console.log(line.lineNo, line.text.length);

@@ -356,7 +356,7 @@ function _retryAfterMs(header: string | null): number | null {
  * failure.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await uploadFile("out.jsonl", "https://storage.example/out.jsonl", { attempts: 3 });
  * ```
  */

@@ -28,8 +28,13 @@ async function writeInput(dir: string): Promise<string> {
   return input;
 }
 
+/**
+ * WebGPU on the test machine's CPU adapter: slow enough per step that the batch is still
+ * running when the signal lands (the wasm backend can finish the tiny model's 120
+ * requests inside the 3 s cancel grace, leaving nothing to cancel).
+ */
 function spawn(input: string, output: string, extra: string[] = []): Deno.ChildProcess {
-  return spawnRunBatch(input, output, ["--max-num-seqs", "8", ...extra]);
+  return spawnRunBatch(input, output, ["--max-num-seqs", "8", "--backend", "webgpu", ...extra]);
 }
 
 /** Waits, however long a loaded machine takes, until `path` has `n` lines or the child exits. */
