@@ -13,12 +13,38 @@ import { downloadModel, type DownloadProgress, parseModelRef } from "../engine/l
 import { ApiBackend } from "./backend.ts";
 import { admitLine, answerFor, executeRequest, invalidAnswer } from "../io/batch_stages.ts";
 
-/** What {@linkcode Batchwright.load} reports while it works. */
+/**
+ * What {@linkcode Batchwright.load} reports while it works.
+ *
+ * @example
+ * ```ts
+ * const onProgress = (p: BatchwrightProgress) => {
+ *   if (p.stage === "download") console.log(`${p.file}: ${p.received} bytes`);
+ *   else if (p.done === p.total) console.log(`${p.total} weight tensors read`);
+ * };
+ * await using llm = await Batchwright.load("models/ernie-tiny", { onProgress });
+ * console.log(llm.modelName);
+ * ```
+ */
 export type BatchwrightProgress =
   | ({ readonly stage: "download" } & DownloadProgress)
   | LoadProgress;
 
-/** Options of {@linkcode Batchwright.load}: the engine's, plus where hub models go. */
+/**
+ * Options of {@linkcode Batchwright.load}: the engine's, plus where hub models go.
+ *
+ * @example
+ * ```ts
+ * const options: BatchwrightOptions = {
+ *   maxNumSeqs: 8,
+ *   servedModelName: "ernie",
+ *   truncateMaxTokens: true,
+ *   hub: { offline: true },
+ * };
+ * await using llm = await Batchwright.load("models/ernie-tiny", options);
+ * console.log(llm.modelName); // "ernie"
+ * ```
+ */
 export interface BatchwrightOptions extends Omit<EngineOptions, "onProgress"> {
   /**
    * Where a hub model is cached (default `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
@@ -39,10 +65,35 @@ export interface BatchwrightOptions extends Omit<EngineOptions, "onProgress"> {
   readonly truncateMaxTokens?: boolean;
 }
 
-/** The endpoints {@linkcode Batchwright.request} serves. */
+/**
+ * The endpoints {@linkcode Batchwright.request} serves.
+ *
+ * @example
+ * ```ts
+ * await using llm = await Batchwright.load("models/ernie-tiny");
+ * const url: Endpoint = "/v1/completions";
+ * const body = { prompt: "Once upon a time", max_tokens: 4, temperature: 0 };
+ * const out = await llm.request(url, body) as { choices: { text: string }[] };
+ * console.log(out.choices[0]!.text);
+ * ```
+ */
 export type Endpoint = "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings";
 
-/** One answer line of {@linkcode Batchwright.batch}, exactly as run-batch writes it. */
+/**
+ * One answer line of {@linkcode Batchwright.batch}, exactly as run-batch writes it.
+ *
+ * @example
+ * ```ts
+ * await using llm = await Batchwright.load("models/ernie-tiny");
+ * const lines = [
+ *   { custom_id: "ok", method: "POST", url: "/v1/embeddings", body: { input: "hi" } },
+ *   { custom_id: "bad", method: "POST", url: "/v1/nowhere", body: {} },
+ * ];
+ * const answers: BatchAnswer[] = [];
+ * for await (const answer of llm.batch(lines)) answers.push(answer);
+ * for (const a of answers) console.log(a.custom_id, a.response?.status_code ?? a.error?.code);
+ * ```
+ */
 export interface BatchAnswer {
   readonly id: string;
   readonly custom_id: string | null;
@@ -50,7 +101,26 @@ export interface BatchAnswer {
   readonly error: { code: string; message: string } | null;
 }
 
-/** Options of {@linkcode Batchwright.batch}. */
+/**
+ * Options of {@linkcode Batchwright.batch}.
+ *
+ * @example
+ * ```ts
+ * await using llm = await Batchwright.load("models/ernie-tiny");
+ * const lines = ["x", "y", "z"].map((id) =>
+ *   JSON.stringify({
+ *     custom_id: id,
+ *     method: "POST",
+ *     url: "/v1/completions",
+ *     body: { prompt: id, max_tokens: 2 },
+ *   })
+ * );
+ * const options: BatchOptions = { maxInFlight: 2, requestTimeoutMs: 60_000 };
+ * for await (const answer of llm.batch(lines, options)) {
+ *   console.log(answer.custom_id, answer.response?.status_code);
+ * }
+ * ```
+ */
 export interface BatchOptions {
   /** Requests running at once (default 256); answers come back as they finish. */
   readonly maxInFlight?: number;

@@ -43,7 +43,16 @@ import {
   type StepLogprobs,
 } from "./types.ts";
 
-/** Engine options; every field has a default. */
+/**
+ * Engine options; every field has a default.
+ *
+ * @example
+ * ```ts
+ * const options: EngineOptions = { maxNumSeqs: 8, maxNumBatchedTokens: 256, pooling: "mean" };
+ * await using engine = await Engine.load("models/ernie-tiny", options);
+ * console.log(engine.options.maxNumSeqs, engine.options.pooling); // 8 "mean"
+ * ```
+ */
 export interface EngineOptions {
   /** Name requests' `model` must match (default: the model directory's name). */
   readonly servedModelName?: string;
@@ -184,7 +193,20 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
   };
 }
 
-/** Counters for progress reports and benchmarks. */
+/**
+ * Counters for progress reports and benchmarks.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_SAMPLING } from "./types.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4 };
+ * await Promise.all(["a", "b"].map((id) => engine.generate({ id, promptIds: [5, 6], sampling })));
+ * const stats: EngineStats = engine.stats;
+ * console.log(stats.generatedTokens, (stats.seqsInSteps / stats.steps).toFixed(1));
+ * ```
+ */
 export interface EngineStats {
   steps: number;
   promptTokensComputed: number;
@@ -209,7 +231,24 @@ interface SeqState {
 
 const GIB = 1024 ** 3;
 
-/** The batch inference engine over one ERNIE-4.5 model. */
+/**
+ * The batch inference engine over one ERNIE-4.5 model: token ids in, token ids
+ * (and text) or embeddings out. Requests submitted together share steps.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_SAMPLING } from "./types.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const promptIds = engine.tokenizer.encode("The capital of France is");
+ * const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4 };
+ * const [answer, vector] = await Promise.all([
+ *   engine.generate({ id: "gen", promptIds, sampling }),
+ *   engine.embed({ id: "emb", promptIds }),
+ * ]);
+ * console.log(answer.text, answer.finishReason, vector.embedding.length === engine.hiddenSize);
+ * ```
+ */
 export class Engine {
   readonly #scheduler: Scheduler<SeqState>;
   readonly #eos: ReadonlySet<number>;

@@ -5,7 +5,24 @@
  * @module
  */
 
-/** Per-request sampling options, already validated and filled with defaults. */
+/**
+ * Per-request sampling options, already validated and filled with defaults.
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "./engine.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const sampling: SamplingParams = {
+ *   ...DEFAULT_SAMPLING,
+ *   temperature: 0.7,
+ *   seed: 1,
+ *   maxTokens: 4,
+ * };
+ * const result = await engine.generate({ id: "a", promptIds: [5, 6, 7], sampling });
+ * console.log(result.tokenIds.length <= sampling.maxTokens);
+ * ```
+ */
 export interface SamplingParams {
   /** 0 means greedy (argmax). */
   readonly temperature: number;
@@ -46,7 +63,15 @@ export type ResponseFormat =
   | { readonly type: "json_object" }
   | { readonly type: "json_schema"; readonly schema: unknown };
 
-/** Defaults a request starts from before generation_config.json and the body apply. */
+/**
+ * Defaults a request starts from before generation_config.json and the body apply.
+ *
+ * @example
+ * ```ts
+ * const greedy: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 8 };
+ * console.log(DEFAULT_SAMPLING.maxTokens, greedy.topP); // 16 1
+ * ```
+ */
 export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({
   temperature: 1,
   topP: 1,
@@ -65,7 +90,22 @@ export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({
   topLogprobs: 0,
 });
 
-/** What the engine is asked to do for one sequence. */
+/**
+ * What the engine is asked to do for one sequence.
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "./engine.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const request: GenerateRequest = {
+ *   id: "greeting",
+ *   promptIds: engine.tokenizer.encode("Hello"),
+ *   sampling: { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4 },
+ * };
+ * console.log((await engine.generate(request)).text);
+ * ```
+ */
 export interface GenerateRequest {
   /** Unique within the engine. */
   readonly id: string;
@@ -88,7 +128,20 @@ export interface StepLogprobs {
 
 export type FinishReason = "stop" | "length";
 
-/** What the engine gives back for one finished sequence. */
+/**
+ * What the engine gives back for one finished sequence.
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "./engine.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 4, logprobs: true };
+ * const request = { id: "a", promptIds: [5, 6, 7], sampling };
+ * const result: GenerateResult = await engine.generate(request);
+ * console.log(result.finishReason, result.tokenIds.length === result.logprobs?.length);
+ * ```
+ */
 export interface GenerateResult {
   readonly id: string;
   /**
@@ -108,12 +161,38 @@ export interface GenerateResult {
   readonly logprobs?: readonly StepLogprobs[];
 }
 
-/** What the engine is asked for an embedding. */
+/**
+ * What the engine is asked for an embedding.
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "./engine.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const promptIds = engine.tokenizer.encode("batch inference");
+ * const request: EmbedRequest = { id: "doc-1", promptIds };
+ * const { embedding } = await engine.embed(request);
+ * console.log(embedding.length === engine.hiddenSize);
+ * ```
+ */
 export interface EmbedRequest {
   readonly id: string;
   readonly promptIds: readonly number[];
 }
 
+/**
+ * A pooled embedding of one prompt (last token or mean, L2-normalised by default).
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "./engine.ts";
+ *
+ * await using engine = await Engine.load("models/ernie-tiny");
+ * const result: EmbedResult = await engine.embed({ id: "a", promptIds: [5, 6, 7] });
+ * const norm = Math.hypot(...result.embedding);
+ * console.log(result.promptTokens, norm.toFixed(3)); // 3 "1.000"
+ * ```
+ */
 export interface EmbedResult {
   readonly id: string;
   readonly embedding: Float32Array;
@@ -133,7 +212,22 @@ export class EngineFailure extends Error {
   }
 }
 
-/** An error a request can get that is its own fault (HTTP 400-like). */
+/**
+ * An error a request can get that is its own fault (HTTP 400-like).
+ *
+ * @example
+ * ```ts
+ * import { Batchwright } from "../api/batchwright.ts";
+ *
+ * await using llm = await Batchwright.load("models/ernie-tiny");
+ * try {
+ *   await llm.request("/v1/completions", { prompt: "Hi", max_tokens: -1 });
+ * } catch (e) {
+ *   if (!(e instanceof RequestError)) throw e;
+ *   console.log(e.status, e.param, e.message); // 400 "max_tokens" ...
+ * }
+ * ```
+ */
 export class RequestError extends Error {
   constructor(
     message: string,

@@ -46,7 +46,31 @@ export function inShard(shard: Shard | undefined, lineIndex: number): boolean {
   return shard === undefined || lineIndex % shard.count === shard.index;
 }
 
-/** Options for {@linkcode runBatch}. */
+/**
+ * Options for {@linkcode runBatch}.
+ *
+ * @example
+ * ```ts
+ * const echo: BatchBackend = {
+ *   urls: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
+ * const output = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * const options: RunBatchOptions = {
+ *   input: "examples/input.jsonl",
+ *   output,
+ *   backend: echo,
+ *   overwrite: true,
+ *   order: "input",
+ *   maxInFlight: 4,
+ * };
+ * const summary = await runBatch(options);
+ * const first = (await Deno.readTextFile(output)).split("\n")[0]!;
+ * console.log(summary.succeeded, JSON.parse(first).custom_id); // 8 "req-00001"
+ * await Deno.remove(output);
+ * ```
+ */
 export interface RunBatchOptions {
   /** A local path, an http(s) URL or `-` (stdin); gzip is detected. */
   readonly input: string;

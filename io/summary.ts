@@ -8,7 +8,29 @@
 /** How the run ended. */
 export type BatchStatus = "completed" | "validated" | "cancelled" | "expired" | "failed";
 
-/** The outcome of a batch run. */
+/**
+ * The outcome of a batch run.
+ *
+ * @example
+ * ```ts
+ * import { type BatchBackend, runBatch } from "./run_batch.ts";
+ *
+ * const echo: BatchBackend = {
+ *   urls: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
+ * const output = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * const summary: BatchSummary = await runBatch({
+ *   input: "examples/input.jsonl",
+ *   output,
+ *   overwrite: true,
+ *   backend: echo,
+ * });
+ * console.log(summary.status, summary.succeeded === summary.total); // completed true
+ * await Deno.remove(output);
+ * ```
+ */
 export interface BatchSummary {
   /** `batch_<32 hex>`. */
   readonly id: string;
@@ -48,9 +70,20 @@ export interface BatchSummary {
  * One line a person reads at the end of a run.
  *
  * @example
- * ```ts ignore
- * formatSummary(summary);
- * // "completed: 998/1000 succeeded, 2 failed, 0 cancelled; 51234 completion tokens in 12.3s → out.jsonl"
+ * ```ts
+ * import { type BatchBackend, runBatch } from "./run_batch.ts";
+ *
+ * const echo: BatchBackend = {
+ *   urls: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
+ * const output = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * const input = "examples/input.jsonl";
+ * const summary = await runBatch({ input, output, overwrite: true, backend: echo });
+ * console.log(formatSummary(summary));
+ * // completed: 8/8 succeeded, 0 failed, 0 cancelled; 0 completion tokens in 0.0s → /tmp/….jsonl
+ * await Deno.remove(output);
  * ```
  */
 export function formatSummary(s: BatchSummary): string {
@@ -70,9 +103,20 @@ export function formatSummary(s: BatchSummary): string {
  * The summary as OpenAI's batch object (`object: "batch"`), for `--summary-file`.
  *
  * @example
- * ```ts ignore
- * const json = batchObject(summary, "/v1/chat/completions", "in.jsonl");
- * json.request_counts; // { total: 1000, completed: 998, failed: 2 }
+ * ```ts
+ * import { type BatchBackend, runBatch } from "./run_batch.ts";
+ *
+ * const echo: BatchBackend = {
+ *   urls: ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"],
+ *   validate() {},
+ *   run: (_url, body) => Promise.resolve({ echo: body }),
+ * };
+ * const output = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * const input = "examples/input.jsonl";
+ * const summary = await runBatch({ input, output, overwrite: true, backend: echo });
+ * const json = batchObject(summary, "/v1/chat/completions", input);
+ * console.log(json.status, json.request_counts); // completed { total: 8, completed: 8, failed: 0 }
+ * await Deno.remove(output);
  * ```
  */
 export function batchObject(

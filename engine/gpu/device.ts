@@ -17,7 +17,21 @@ export interface Kernel {
   readonly source: string;
 }
 
-/** Thrown when no usable WebGPU adapter exists. */
+/**
+ * Thrown when no usable WebGPU adapter exists.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   const gpu = await Gpu.open();
+ *   console.log(`WebGPU on ${gpu.description}`);
+ *   gpu.destroy();
+ * } catch (e) {
+ *   if (!(e instanceof NoGpuError)) throw e;
+ *   console.log(`No GPU, the wasm backend will run: ${e.message}`);
+ * }
+ * ```
+ */
 export class NoGpuError extends Error {
   constructor(message: string) {
     super(message);
@@ -25,7 +39,23 @@ export class NoGpuError extends Error {
   }
 }
 
-/** The opened device, its limits, and the pipeline cache. */
+/**
+ * The opened device, its limits, and the pipeline cache. An engine given a
+ * `Gpu` runs on it and leaves it open: destroy it after closing the engine.
+ *
+ * @example
+ * ```ts
+ * import { Engine } from "../engine.ts";
+ *
+ * const gpu = await Gpu.open();
+ * console.log(gpu.description, gpu.hasF16, gpu.maxBinding);
+ * const engine = await Engine.load("models/ernie-tiny", { gpu });
+ * const { embedding } = await engine.embed({ id: "a", promptIds: [5, 6, 7] });
+ * console.log(embedding.length);
+ * await engine.close();
+ * gpu.destroy();
+ * ```
+ */
 export class Gpu {
   readonly #modules = new Map<string, GPUShaderModule>();
   readonly #pipelines = new Map<string, GPUComputePipeline>();
