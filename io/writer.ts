@@ -67,7 +67,8 @@ export interface OutputSink {
  *
  * @example
  * ```ts
- * await openOutput({ output: "existing.jsonl" }).catch((e) => {
+ * const existing = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * await openOutput({ output: existing }).catch((e) => {
  *   if (e instanceof OutputError) console.error(e.message); // ... pass --overwrite ...
  * });
  * ```
@@ -222,9 +223,10 @@ async function _foldSuccesses(
  *
  * @example
  * ```ts
- * const sink = await openOutput({ output: "out.jsonl", overwrite: true });
+ * const dir = await Deno.makeTempDir();
+ * const sink = await openOutput({ output: `${dir}/out.jsonl`, overwrite: true });
  * await sink.write('{"id":"batch_req_1","custom_id":"a","response":null,"error":null}');
- * const { path } = await sink.commit(); // "/abs/out.jsonl"
+ * const { path } = await sink.commit(); // the absolute path of out.jsonl
  * ```
  */
 export async function openOutput(options: OutputOptions): Promise<OutputSink> {

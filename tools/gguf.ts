@@ -155,7 +155,8 @@ async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
  *
  * @example
  * ```ts
- * await writeGguf("model.gguf", { "general.architecture": { type: "string", value: "llama" } }, [
+ * const path = await Deno.makeTempFile({ suffix: ".gguf" });
+ * await writeGguf(path, { "general.architecture": { type: "string", value: "llama" } }, [
  *   { name: "output_norm.weight", type: "F32", shape: [4], data: async () => new Uint8Array(16) },
  * ]);
  * ```

@@ -363,7 +363,8 @@ export interface TensorSpec {
  *
  * @example
  * ```ts
- * const w = await SafetensorsWriter.create("x.safetensors", [{ name: "a", dtype: "F32", shape: [2] }]);
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * const w = await SafetensorsWriter.create(path, [{ name: "a", dtype: "F32", shape: [2] }]);
  * await w.append(new Uint8Array(new Float32Array([1, 2]).buffer));
  * await w.close();
  * ```
@@ -440,7 +441,7 @@ export class SafetensorsWriter {
  *
  * @example
  * ```ts
- * await writeSafetensors("a.safetensors", [
+ * await writeSafetensors(await Deno.makeTempFile({ suffix: ".safetensors" }), [
  *   { name: "w", dtype: "F32", shape: [2], bytes: new Uint8Array(8) },
  * ]);
  * ```
