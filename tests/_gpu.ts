@@ -115,3 +115,15 @@ export function assertClose(
     }
   }
 }
+
+/** max |a − b| / max |b| over the finite entries of b: a logits row's error relative to its scale. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (!Number.isFinite(b[i]!)) continue;
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}

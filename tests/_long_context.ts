@@ -13,7 +13,7 @@
  * @module
  */
 import { assert } from "./_assert.ts";
-import { rng } from "./_gpu.ts";
+import { relError, rng } from "./_gpu.ts";
 import { ReferenceModel } from "./reference.ts";
 import type { Runner, RunnerOptions, StepSeq } from "../engine/runner.ts";
 
@@ -24,18 +24,6 @@ export type RunnerFactory = (dir: string, options: RunnerOptions) => Promise<Run
 export type RunnerTest = (name: string, fn: (make: RunnerFactory) => Promise<void>) => void;
 
 const MODEL = "models/ernie-tiny";
-
-/** max |a − b| / max |b| over the finite entries of b. */
-export function relError(a: ArrayLike<number>, b: Float64Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(b[i]!)) continue;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 /** The blocks 0..n−1 in a seeded random order, so tables are scattered over the pool. */
 function shuffledBlocks(n: number, random: () => number): number[] {

@@ -14,18 +14,6 @@ import { ModelRunner } from "../engine/model_runner.ts";
 import type { EngineOptions } from "../engine/engine.ts";
 import { gpuTest } from "./_gpu.ts";
 
-/** max |a − b| / max |b| over the finite entries of b. */
-export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(b[i]!)) continue;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
-
 /** Opens a model directory's weights and builds a runner with `create`. */
 export async function withWeights<R extends Runner>(
   dir: string,

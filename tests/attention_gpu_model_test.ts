@@ -7,7 +7,7 @@
  * --max-num-seqs.
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { gpuTest, rng } from "./_gpu.ts";
+import { gpuTest, relError, rng } from "./_gpu.ts";
 import { logSoftmax, type RefCache, ReferenceModel } from "./reference.ts";
 import { loadModelConfig } from "../engine/loader/config.ts";
 import { Checkpoint } from "../engine/loader/checkpoint.ts";
@@ -31,18 +31,6 @@ const MODEL = "models/ernie-tiny";
  * GPU matches, within 1e-3, a reference whose cache is rounded to f16.
  */
 const F16_LOGIT_BOUND = 8 * 2 ** -11;
-
-/** max |a − b| / max |b| over the finite entries of b. */
-function relError(a: ArrayLike<number>, b: Float64Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(b[i]!)) continue;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 /**
  * max |logSoftmax(a) − logSoftmax(b)| over the finite entries of b (`all`), and over the

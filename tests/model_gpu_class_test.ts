@@ -5,7 +5,7 @@
  * change with --max-num-seqs (the gpu class's batch invariance end to end).
  */
 import { assert, assertEquals } from "./_assert.ts";
-import { gpuTest, rng } from "./_gpu.ts";
+import { gpuTest, relError, rng } from "./_gpu.ts";
 import { ReferenceModel } from "./reference.ts";
 import { loadModelConfig } from "../engine/loader/config.ts";
 import { Checkpoint } from "../engine/loader/checkpoint.ts";
@@ -14,18 +14,6 @@ import { Engine } from "../engine/engine.ts";
 import { DEFAULT_SAMPLING, type GenerateRequest } from "../engine/types.ts";
 
 const MODEL = "models/ernie-tiny";
-
-/** max |a − b| / max |b| over the finite entries of b. */
-function relError(a: Float32Array, b: Float64Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(b[i]!)) continue;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 gpuTest("gpu-class logits match the float64 reference for prefill and decode", async (gpu) => {
   const ref = await ReferenceModel.load(MODEL);

@@ -9,7 +9,8 @@ import { rng } from "./_gpu.ts";
 import { ReferenceModel } from "./reference.ts";
 import { Engine } from "../engine/engine.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
-import { backendTest, relError } from "./_runners.ts";
+import { backendTest } from "./_runners.ts";
+import { relError } from "./_gpu.ts";
 
 const MODELS = ["models/ernie-tiny", "models/ernie-tiny-paddle"];
 

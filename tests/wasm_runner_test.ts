@@ -9,7 +9,8 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { fromBf16, randomArray, rng, toBf16 } from "./_gpu.ts";
 import { ReferenceModel } from "./reference.ts";
-import { makeWasmRunner, relError } from "./_runners.ts";
+import { makeWasmRunner } from "./_runners.ts";
+import { relError } from "./_gpu.ts";
 import { WasmMatmul } from "../engine/backends/wasm/matmul.ts";
 import { wasmLimits } from "../engine/backends/wasm/wasm_runner.ts";
 import { compileKernels, hasClang, moduleText, OUTPUT } from "../tools/build_wasm.ts";
