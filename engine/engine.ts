@@ -600,7 +600,7 @@ export class Engine {
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
     const items = batch.items;
     // A runner that samples on the device reads back ids only (and the logits of rows
-    // that need the host: logprobs, grammars); otherwise any non-greedy row reads all.
+    // that want logprobs); otherwise any non-greedy row reads every row's logits.
     const device = this.runner.deviceSampling === true;
     const wantLogits = !device &&
       items.some((it) =>
@@ -619,14 +619,21 @@ export class Engine {
         ? this.#deviceSampling(seq)
         : undefined,
     }));
-    const pending = this.runner.step(seqs, wantLogits).then(
+    // Constrained rows' masks are computed on the CPU while the step runs; a runner that
+    // samples on the device takes them once `masksReady` resolves, the host sampler after.
+    let masksDone = () => {};
+    const masksReady = new Promise<void>((resolve) => (masksDone = resolve));
+    const pending = this.runner.step(seqs, wantLogits, masksReady).then(
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
-    // Constrained rows' masks are computed on the CPU while the step runs.
-    for (const { seq, sample } of items) {
-      const g = seq.state!.grammar;
-      if (sample && g !== undefined) await g.matcher.fillMask(g.mask);
+    try {
+      for (const { seq, sample } of items) {
+        const g = seq.state!.grammar;
+        if (sample && g !== undefined) await g.matcher.fillMask(g.mask);
+      }
+    } finally {
+      masksDone();
     }
     const outcome = await pending;
     if ("error" in outcome) throw this.#backendFailure(outcome.error);
@@ -709,13 +716,15 @@ export class Engine {
     if (this.#isPlainGreedy(seq)) return undefined;
     const st = seq.state!;
     const p = seq.request.sampling;
-    if (p.logprobs || st.grammar !== undefined) return "logits";
-    return rowSampling(p, {
+    if (p.logprobs) return "logits";
+    const row = rowSampling(p, {
       promptIds: seq.tokenIds.slice(0, seq.numPromptTokens),
       outputIds: seq.outputIds,
       eosTokenIds: p.ignoreEos ? [] : this.#eosList,
       validVocab: this.validVocab,
     }, uniform({ seed: st.seed, step: seq.numOutputTokens }));
+    // A grammar's mask is filled while the step's forward pass runs, then applied on the GPU.
+    return st.grammar ? { ...row, mask: st.grammar.mask } : row;
   }
 
   #sample(seq: Sequence<SeqState>, logits: Float32Array): number {

@@ -7,7 +7,15 @@
  * @module
  */
 import type { Gpu } from "./gpu/device.ts";
-import { EDIT_BYTES, packRows, ROW_BYTES, type RowSampling, sampleOp } from "./gpu/sampling.ts";
+import {
+  EDIT_BYTES,
+  maskWords,
+  packMasks,
+  packRows,
+  ROW_BYTES,
+  type RowSampling,
+  sampleOp,
+} from "./gpu/sampling.ts";
 import { type KernelProfile, KernelProfiler } from "./gpu/profile.ts";
 import { type Dispatch, encode, STEP_UNIFORM_BYTES, type StepShape } from "./gpu/kernels.ts";
 import {
@@ -66,6 +74,8 @@ const GREEDY: RowSampling = {
 };
 
 interface DeviceSampling {
+  readonly masks: GPUBuffer; // (maxLogitRows, maskWords) grammar bitsets of masked rows
+  readonly maskData: Uint32Array; // host staging of `masks`
   readonly rows: GPUBuffer; // (maxLogitRows) Row of sample.wgsl
   readonly edits: GPUBuffer; // (SAMPLE_EDIT_CAPACITY) Edit of sample.wgsl
   readonly rowData: ArrayBuffer;
@@ -260,9 +270,13 @@ export class ModelRunner implements Runner {
     if (kernels === "gpu") {
       const rows = gpu.storage("sample_rows", maxLogitRows * ROW_BYTES);
       const edits = gpu.storage("sample_edits", SAMPLE_EDIT_CAPACITY * EDIT_BYTES);
+      const words = maskWords(shape.vocabSize);
+      const masks = gpu.storage("sample_masks", maxLogitRows * words * 4);
       runner.#sampling = {
         rows,
         edits,
+        masks,
+        maskData: new Uint32Array(maxLogitRows * words),
         rowData: new ArrayBuffer(maxLogitRows * ROW_BYTES),
         editData: new ArrayBuffer(SAMPLE_EDIT_CAPACITY * EDIT_BYTES),
         dispatch: sampleOp(gpu, buffers.step, {
@@ -270,6 +284,7 @@ export class ModelRunner implements Runner {
           rows,
           edits,
           ids: buffers.sampled,
+          masks,
         }, { valid: o.validVocab, stride: shape.vocabSize }),
       };
     }
@@ -286,7 +301,11 @@ export class ModelRunner implements Runner {
    * device sampling (and not `wantLogits`), each sample row is drawn on the GPU
    * as its `sampling` says, and only rows that ask for `"logits"` read theirs back.
    */
-  async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
+  async step(
+    seqs: readonly StepSeq[],
+    wantLogits: boolean,
+    masksReady?: Promise<unknown>,
+  ): Promise<StepResult> {
     if (this.gpu.failure) throw this.gpu.failure;
     const o = this.options;
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
@@ -373,11 +392,32 @@ export class ModelRunner implements Runner {
     if (device && !sampling) {
       // More logit edits than the device buffer holds: this step samples on the host.
       gpu.popErrorScopes("Engine step").catch(() => {});
+      await masksReady;
       return this.step(seqs, true);
     }
     const sampler = sampling ? [sampling] : wantLogits ? [] : p.argmax;
     const dispatches = [...p.body, ...p.logits, ...sampler];
-    if (this.#profiler) {
+    // Rows under a grammar sample within masks the host computes while the forward pass
+    // runs: the forward goes first in a submission of its own, the masks follow it up,
+    // then the sampling and the readback (still one readback).
+    const masked = sampling !== undefined && rowSampling.some((r) => r?.mask !== undefined);
+    let sampleEncoder = encoder;
+    if (masked && !this.#profiler) {
+      const pass = encoder.beginComputePass();
+      encode(pass, [...p.body, ...p.logits], shape);
+      pass.end();
+      gpu.device.queue.submit([encoder.finish()]);
+      await masksReady;
+      this.#writeMasks(rowSampling);
+      sampleEncoder = gpu.device.createCommandEncoder();
+      const samplePass = sampleEncoder.beginComputePass();
+      encode(samplePass, sampler, shape);
+      samplePass.end();
+    } else if (this.#profiler) {
+      if (masked) {
+        await masksReady;
+        this.#writeMasks(rowSampling);
+      }
       const attendedKeys = seqs.reduce((n, s) => n + s.tokens.length * (s.start + 1), 0) +
         seqs.reduce((n, s) => n + (s.tokens.length * (s.tokens.length - 1)) / 2, 0);
       await this.#profiler.record(encoder, dispatches, { ...shape, attendedKeys });
@@ -393,18 +433,19 @@ export class ModelRunner implements Runner {
     const logitCount = wantLogits ? L : logitRows.length;
     const sampleBytes = idBytes + logitCount * V * 4;
     const hiddenBytes = (R - L) * H * 4;
-    if (idBytes > 0) encoder.copyBufferToBuffer(b.sampled, 0, this.#staging, 0, idBytes);
+    const e = sampleEncoder;
+    if (idBytes > 0) e.copyBufferToBuffer(b.sampled, 0, this.#staging, 0, idBytes);
     if (wantLogits && L > 0) {
-      encoder.copyBufferToBuffer(b.logits, 0, this.#staging, 0, L * V * 4);
+      e.copyBufferToBuffer(b.logits, 0, this.#staging, 0, L * V * 4);
     } else {
       logitRows.forEach((row, k) =>
-        encoder.copyBufferToBuffer(b.logits, row * V * 4, this.#staging, idBytes + k * V * 4, V * 4)
+        e.copyBufferToBuffer(b.logits, row * V * 4, this.#staging, idBytes + k * V * 4, V * 4)
       );
     }
     if (hiddenBytes > 0) {
-      encoder.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
+      e.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
     }
-    gpu.device.queue.submit([encoder.finish()]);
+    gpu.device.queue.submit([e.finish()]);
     await gpu.popErrorScopes("Engine step");
     await this.#profiler?.collect();
     const bytes = sampleBytes + hiddenBytes;
@@ -468,6 +509,13 @@ export class ModelRunner implements Runner {
     });
   }
 
+  /** Uploads the grammar masks of this step's masked rows (in row order). */
+  #writeMasks(rows: readonly (RowSampling | null)[]): void {
+    const d = this.#sampling!;
+    const words = packMasks(rows, d.maskData, maskWords(this.shape.vocabSize));
+    if (words > 0) this.gpu.write(d.masks, d.maskData.subarray(0, words));
+  }
+
   /** Writes this step's sampling rows and edits; undefined when the edits do not fit. */
   #packSampling(rows: readonly (RowSampling | null)[]): Dispatch | undefined {
     const d = this.#sampling!;
@@ -490,6 +538,7 @@ export class ModelRunner implements Runner {
     this.#profiler?.destroy();
     this.#sampling?.rows.destroy();
     this.#sampling?.edits.destroy();
+    this.#sampling?.masks.destroy();
     const w = this.weights;
     const shards = [w.embed, w.lmHead, ...w.layers.flatMap((l) => [l.qkv, l.o, l.gateUp, l.down])];
     for (const s of shards) for (const x of s.shards) x.buffer.destroy();

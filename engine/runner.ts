@@ -89,7 +89,12 @@ export interface Runner {
    * Runs one forward step over the scheduled sequences. Sample rows get argmax
    * ids, or their full logits when `wantLogits` (for the CPU sampler).
    */
-  step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult>;
+  step(
+    seqs: readonly StepSeq[],
+    wantLogits: boolean,
+    /** Resolves once the `mask`s of this step's rows are filled (device sampling only). */
+    masksReady?: Promise<unknown>,
+  ): Promise<StepResult>;
   /** Per-kernel time so far, when the backend was asked to profile (engine/gpu/profile.ts). */
   kernelProfile?(): KernelProfile | undefined;
   /** Forgets the profile so far. */

@@ -4,15 +4,17 @@
 // softmax(logits / T) truncated by top-k, top-p and min-p (vLLM's order), with the
 // uniform number u the host drew from the request's (seed, index, token index) key.
 // ids ≥ VALID (padding) are never chosen. A row whose logits have no finite maximum
-// gets 0xffffffff, which the engine reports as an internal error.
+// gets 0xffffffff, which the engine reports as an internal error. A row with a grammar
+// mask (a JSON schema) never picks an id its mask leaves out.
 //
 // Only the chosen id leaves the GPU. Every reduction runs in a fixed order within the
 // row's own workgroup, so a row's draw does not depend on the other rows of the batch.
 // Thresholds are found by bisection on the bit pattern of non-negative f32 weights
 // (ordered like u32): 31 exact steps for the k-th largest weight and for the top-p cut.
 
-override VALID: u32;    // real vocabulary size
-override STRIDE: u32;   // row length of logits
+override VALID: u32;       // real vocabulary size
+override STRIDE: u32;      // row length of logits
+override MASK_WORDS: u32;  // u32 words of one grammar mask: ceil(STRIDE / 32)
 
 const WG = 256u;
 const NONE = 0xffffffffu;
@@ -32,6 +34,10 @@ struct Row {
   u: f32,             // uniform in [0, 1)
   edit_start: u32,    // first entry of this row in `edits`
   edit_count: u32,
+  mask_row: u32,      // this row's grammar mask in `masks` (NONE: every id allowed)
+  pad0: u32,
+  pad1: u32,
+  pad2: u32,
 }
 
 // logit' = rep(logit + bias) − sub, rep(v) = v / rep when v > 0 else v · rep.
@@ -43,6 +49,7 @@ struct Edit { id: u32, bias: f32, rep: f32, sub: f32 }
 @group(0) @binding(2) var<storage, read> rows: array<Row>;          // (L)
 @group(0) @binding(3) var<storage, read> edits: array<Edit>;        // (E) all rows' edits
 @group(0) @binding(4) var<storage, read_write> ids: array<u32>;     // (L) chosen ids
+@group(0) @binding(5) var<storage, read> masks: array<u32>;         // (masked rows, MASK_WORDS) bitsets
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;
@@ -50,6 +57,12 @@ var<workgroup> count: atomic<u32>;
 var<workgroup> shared_u: u32;  // a value every invocation reads with workgroupUniformLoad
 var<workgroup> shared_f: f32;
 var<workgroup> found: u32;
+
+// Whether a row's grammar allows id i (a JSON schema's mask; every id without one).
+fn allowed(mask_row: u32, i: u32) -> bool {
+  if (mask_row == NONE) { return true; }
+  return ((masks[mask_row * MASK_WORDS + (i >> 5u)] >> (i & 31u)) & 1u) == 1u;
+}
 
 // Largest value over the workgroup (ties → lowest index), left in red_f[0], red_i[0].
 fn reduce_max(lid: u32, v: f32, i: u32) {
@@ -132,7 +145,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   var bi = NONE;
   for (var i = lid; i < VALID; i += WG) {
     let v = logits[base + i] * inv_t;
-    if (v > bv) { bv = v; bi = i; }
+    if (v > bv && allowed(p.mask_row, i)) { bv = v; bi = i; }
   }
   reduce_max(lid, bv, bi);
   if (lid == 0u) { shared_u = red_i[0]; shared_f = red_f[0]; }
@@ -146,7 +159,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   // 3. Weights exp(l / T − max) in place (NaN and padding weigh 0; the best weighs 1).
   for (var i = lid; i < VALID; i += WG) {
     let w = exp(logits[base + i] * inv_t - top);
-    logits[base + i] = select(0.0, w, w >= 0.0);
+    logits[base + i] = select(0.0, w, w >= 0.0 && allowed(p.mask_row, i));
   }
   storageBarrier();
   workgroupBarrier();

@@ -9,6 +9,8 @@ import type { Gpu } from "../engine/gpu/device.ts";
 import { encode, STEP_UNIFORM_BYTES } from "../engine/gpu/kernels.ts";
 import {
   EDIT_BYTES,
+  maskWords,
+  packMasks,
   packRows,
   ROW_BYTES,
   type RowSampling,
@@ -39,6 +41,7 @@ async function gpuSample(
     rows: gpu.upload("rows", new Uint8Array(rowData)),
     edits: gpu.upload("edits", new Uint8Array(editData)),
     ids: gpu.upload("ids", new Uint32Array(R).fill(12345)),
+    masks: gpu.upload("masks", masksOf(rows, stride)),
   };
   const d = sampleOp(gpu, step, b, { valid, stride });
   await gpu.checked("sample", async () => {
@@ -55,6 +58,57 @@ async function gpuSample(
 }
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
+
+/** The rows' grammar masks as the runner uploads them (at least one word). */
+function masksOf(rows: readonly (RowSampling | null)[], stride: number): Uint32Array {
+  const words = maskWords(stride);
+  const out = new Uint32Array(Math.max(1, rows.length * words));
+  packMasks(rows, out, words);
+  return out;
+}
+
+/** A bitset over `stride` ids with the given ids set. */
+function bitset(stride: number, ids: Iterable<number>): Uint32Array {
+  const mask = new Uint32Array(maskWords(stride));
+  for (const id of ids) mask[id >>> 5]! |= 1 << (id & 31);
+  return mask;
+}
+
+gpuTest(
+  "a grammar mask limits GPU greedy and random picks to its ids, as on the CPU",
+  async (gpu) => {
+    const V = 777;
+    const random = rng(21);
+    const logits = randomArray(V, random, 3);
+    const allowedIds = [3, 40, 41, 300, 511, 776];
+    const mask = bitset(V, allowedIds);
+    const rows: RowSampling[] = [];
+    const batch = 64;
+    const all = new Float32Array(batch * V);
+    for (let i = 0; i < batch; i++) {
+      all.set(logits, i * V);
+      const p = params(i === 0 ? { temperature: 0 } : { temperature: 1.5, topP: 0.95, seed: 7 });
+      const row = rowSampling(
+        p,
+        { promptIds: [], outputIds: [], eosTokenIds: [], validVocab: V },
+        uniform({ seed: 7, step: i }),
+      );
+      rows.push({ ...row, mask });
+    }
+    const ids = await gpuSample(gpu, all, V, V, rows);
+    const cpuGreedy = sample(logits, {
+      validVocab: V,
+      promptIds: [],
+      outputIds: [],
+      params: params({ temperature: 0 }),
+      rngKey: { seed: 7, step: 0 },
+      allowed: mask,
+    }).tokenId;
+    assertEquals(ids[0], cpuGreedy);
+    for (const id of ids) assert(allowedIds.includes(id), `id ${id} is outside the mask`);
+    assert(new Set(ids).size > 1, "random rows draw more than one allowed id");
+  },
+);
 
 gpuTest(
   "GPU greedy equals the CPU sampler with bias, min_tokens masks and penalties",

@@ -24,7 +24,9 @@ export const GREEDY_EPSILON = 1e-5;
 /** What a masked logit has subtracted (a finite "minus infinity": WGSL may not keep infinities). */
 const MASK = 3e38;
 /** Bytes of one `Row` and one `Edit` of sample.wgsl. */
-export const ROW_BYTES = 32;
+export const ROW_BYTES = 48;
+/** `mask_row` of a row without a grammar mask. */
+const NO_MASK = 0xffffffff;
 export const EDIT_BYTES = 16;
 
 /** One logit edit: logit' = rep(logit + bias) − sub, rep(v) = v / rep for v > 0 else v · rep. */
@@ -48,6 +50,11 @@ export interface RowSampling {
   /** Uniform in [0, 1) from the request's key (unused when greedy). */
   readonly u: number;
   readonly edits: readonly LogitEdit[];
+  /**
+   * A grammar's allowed ids as a bitset over the vocabulary (bit i of word i >> 5),
+   * filled by the time the step's masks are ready (engine/grammar.ts).
+   */
+  readonly mask?: Uint32Array;
 }
 
 /** What `rowSampling` needs of a sequence besides its sampling parameters. */
@@ -124,6 +131,7 @@ export function packRows(
   const eu = new Uint32Array(editData);
   const ef = new Float32Array(editData);
   let e = 0;
+  let masked = 0; // masks go to the mask buffer in row order
   rows.forEach((row, r) => {
     if (e < 0) return;
     const o = r * (ROW_BYTES / 4);
@@ -143,6 +151,7 @@ export function packRows(
     rf[o + 5] = row.u;
     ru[o + 6] = e;
     ru[o + 7] = row.edits.length;
+    ru[o + 8] = row.mask ? masked++ : NO_MASK;
     for (const ed of row.edits) {
       const q = e * (EDIT_BYTES / 4);
       eu[q] = ed.id;
@@ -155,18 +164,45 @@ export function packRows(
   return e;
 }
 
+/** Words of one grammar mask for logit rows of `stride` ids. */
+export function maskWords(stride: number): number {
+  return Math.ceil(stride / 32);
+}
+
+/**
+ * Copies the masks of the rows that have one, in row order, into `out` (the mask
+ * buffer's host staging); returns how many words were written.
+ */
+export function packMasks(
+  rows: readonly (RowSampling | null)[],
+  out: Uint32Array,
+  words: number,
+): number {
+  let n = 0;
+  for (const row of rows) {
+    if (!row?.mask) continue;
+    out.set(row.mask.subarray(0, words), n);
+    n += words;
+  }
+  return n;
+}
+
 /** ids[r] = the token sampled from logits row r per rows[r] (rows with mode 0 are left alone). */
 export function sampleOp(
   gpu: Gpu,
   step: GPUBuffer,
-  b: { logits: GPUBuffer; rows: GPUBuffer; edits: GPUBuffer; ids: GPUBuffer },
+  b: { logits: GPUBuffer; rows: GPUBuffer; edits: GPUBuffer; ids: GPUBuffer; masks: GPUBuffer },
   o: { valid: number; stride: number },
 ): Dispatch {
-  const pipeline = gpu.pipeline(KERNEL, { VALID: o.valid, STRIDE: o.stride });
+  const pipeline = gpu.pipeline(KERNEL, {
+    VALID: o.valid,
+    STRIDE: o.stride,
+    MASK_WORDS: maskWords(o.stride),
+  });
   return {
     label: "sample",
     pipeline,
-    bindGroup: gpu.bindGroup(pipeline, [step, b.logits, b.rows, b.edits, b.ids]),
+    bindGroup: gpu.bindGroup(pipeline, [step, b.logits, b.rows, b.edits, b.ids, b.masks]),
     workgroups: (s) => [s.numLogitRows, 1, 1],
   };
 }
