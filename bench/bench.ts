@@ -13,7 +13,7 @@
  *  3. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
  * It prints one table and writes every figure to bench/results.json.
  *
- * Flags: --quick (smaller runs), --skip=kernels,e2e,peer,memory,
+ * Flags: --quick (smaller runs), --skip=kernels,e2e,peer,memory,structured,
  * --backend=auto|webgpu|wasm (the end-to-end backend; default auto),
  * --peer-threads=N (node-llama-cpp's threads; default its cpuMathCores, the physical cores).
  *
@@ -241,6 +241,31 @@ if (!skip.has("memory")) {
   }
 }
 
+// --- 4. structured output: a batch with and without schemas, in one run ---
+let structuredOutput: Record<string, unknown> | null = null;
+if (!skip.has("structured")) {
+  // bench/structured_output.ts in a child: mask cost at ERNIE's 103,424-token vocabulary, then
+  // 64 seeded requests free vs json_schema vs json_object on the same engine (tiny model).
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", join("bench", "structured_output.ts"), "--backend", backend],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (out.success) {
+    structuredOutput = JSON.parse(new TextDecoder().decode(out.stdout));
+    const t = structuredOutput!.throughput as Record<string, { tokensPerSecond: number }>;
+    console.log(
+      `structured output (tiny model, 64 seeded requests): free text ${t.free?.tokensPerSecond} ` +
+        `tok/s, json_schema ${t.jsonSchema?.tokensPerSecond}, json_object ` +
+        `${t.jsonObject?.tokensPerSecond}, free text again ${t.freeAgain?.tokensPerSecond}`,
+    );
+  } else {
+    const why = new TextDecoder().decode(out.stderr).trim().split("\n").at(-1);
+    structuredOutput = { error: why };
+    console.log(`structured output: skipped (${why})`);
+  }
+}
+
 // --- the table and bench/results.json ---
 const peerOk = peer !== null && peer.error === undefined ? peer : null;
 const peerRun = (name: string): RunFigures | undefined => {
@@ -279,6 +304,7 @@ const results = {
     agreement,
   },
   memory,
+  structuredOutput,
 };
 printTable(results);
 await Deno.writeTextFile(join("bench", "results.json"), JSON.stringify(results, null, 2) + "\n");
