@@ -152,6 +152,12 @@ async function openBackend(options: EngineOptions, shape: ModelShape): Promise<B
   const owned = options.gpu === undefined;
   // The wasm backend computes in Web Workers (Deno, browsers; not Node.js).
   const auto = options.backend !== "webgpu" && owned && typeof Worker !== "undefined";
+  if (auto) {
+    // Decide from the adapter alone: a device opened only to be closed again is work for the
+    // driver (and, on Mesa, one more teardown at exit) for nothing.
+    const probed = await Gpu.probe();
+    if (probed === null || chooseKernelClass("auto", probed) === "cpu") return wasm();
+  }
   let gpu: Gpu;
   try {
     gpu = options.gpu ?? await Gpu.open();

@@ -109,6 +109,32 @@ export class Gpu {
   }
 
   /** Opens the default adapter with the largest limits it offers. */
+  /**
+   * What the default adapter is, without opening a device on it (null when there is
+   * none): enough to decide whether to use WebGPU at all.
+   *
+   * @example
+   * ```ts
+   * const adapter = await Gpu.probe();
+   * console.log(adapter?.description ?? "no WebGPU adapter");
+   * ```
+   */
+  static async probe(
+    options: GpuOptions = {},
+  ): Promise<{ description: string; isFallbackAdapter: boolean } | null> {
+    if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) return null;
+    const adapter = await navigator.gpu.requestAdapter({
+      powerPreference: options.highPerformance === false ? "low-power" : "high-performance",
+    });
+    if (!adapter) return null;
+    const info = adapter.info;
+    return {
+      description: info.description || `${info.vendor} ${info.architecture}`.trim() ||
+        "unknown adapter",
+      isFallbackAdapter: info.isFallbackAdapter,
+    };
+  }
+
   static async open(options: GpuOptions = {}): Promise<Gpu> {
     if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
       throw new NoGpuError(
