@@ -43,7 +43,13 @@ import {
   uploadWeights,
   type WeightSource,
 } from "./model.ts";
-import type { Runner, RunnerOptions, StepResult, StepSeq } from "./runner.ts";
+import {
+  layoutStep,
+  type Runner,
+  type RunnerOptions,
+  type StepResult,
+  type StepSeq,
+} from "./runner.ts";
 
 export type { RunnerOptions, StepResult, StepSeq };
 
@@ -307,50 +313,24 @@ export class ModelRunner implements Runner {
     masksReady?: Promise<unknown>,
   ): Promise<StepResult> {
     if (this.gpu.failure) throw this.gpu.failure;
-    const o = this.options;
-    const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
-    if (T > o.maxNumBatchedTokens) {
-      throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
-    }
-    if (seqs.length > o.maxNumSeqs) {
-      throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
-    }
     const host = this.#host;
+    const { numTokens: T, sampleRows, hiddenRows } = layoutStep(seqs, this.options, host);
+    const device = !wantLogits && this.#sampling !== undefined;
+    // Per sample row (the "sample" sequences in order): how the device picks its token,
+    // or null for a row whose logits come back to the host.
+    const rowSampling: (RowSampling | null)[] = [];
+    const logitRows: number[] = []; // sample rows whose logits come back
+    if (device) {
+      for (const s of seqs) {
+        if (s.output !== "sample") continue;
+        if (s.sampling === "logits") logitRows.push(rowSampling.length);
+        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY);
+      }
+    }
     const ids = host.ids.subarray(0, T);
     const positions = host.positions.subarray(0, T);
     const slots = host.slots.subarray(0, T);
     const seqOf = host.seqOf.subarray(0, T);
-    const sampleRows: number[] = [];
-    const device = !wantLogits && this.#sampling !== undefined;
-    const rowSampling: (RowSampling | null)[] = []; // per sample row; null: logits read back
-    const logitRows: number[] = []; // sample rows whose logits come back
-    const hiddenRows: number[] = [];
-    let t = 0;
-    seqs.forEach((s, si) => {
-      if (s.blockTable.length > o.maxBlocksPerSeq) {
-        throw new Error("block table longer than maxBlocksPerSeq");
-      }
-      const n = s.tokens.length;
-      for (let i = 0; i < n; i++, t++) {
-        const pos = s.start + i;
-        const block = s.blockTable[Math.floor(pos / o.blockSize)];
-        if (block === undefined) throw new Error(`no KV block for position ${pos}`);
-        ids[t] = s.tokens[i]!;
-        positions[t] = pos;
-        slots[t] = block * o.blockSize + (pos % o.blockSize);
-        seqOf[t] = si;
-        const last = i === n - 1;
-        if (s.output === "sample" && last) {
-          const how = s.sampling;
-          if (device && how === "logits") {
-            logitRows.push(sampleRows.length);
-            rowSampling.push(null);
-          } else if (device) rowSampling.push(how === "logits" ? null : how ?? GREEDY);
-          sampleRows.push(t);
-        }
-        if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
-      }
-    });
     const L = sampleRows.length;
     const R = L + hiddenRows.length;
     if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);

@@ -102,3 +102,64 @@ export interface Runner {
   /** Releases the weights, the KV pool and the step buffers. */
   destroy(): void;
 }
+
+/** Where a step's tokens and output rows sit, as both runners lay them out. */
+export interface StepLayout {
+  /** Tokens in the step (T). */
+  readonly numTokens: number;
+  /** Token index of each sample row, in the order of the step's "sample" sequences (L). */
+  readonly sampleRows: readonly number[];
+  /** Token index of each hidden row, after the sample rows in the output (R − L). */
+  readonly hiddenRows: readonly number[];
+}
+
+/**
+ * Checks a step against the runner's capacities and writes each token's id, position,
+ * KV slot (`blockTable[pos / B] * B + pos % B`) and block-table row into `out`
+ * (arrays of at least T entries).
+ *
+ * @example
+ * ```ts
+ * const o = {
+ *   maxNumBatchedTokens: 8, maxNumSeqs: 2, numBlocks: 4, blockSize: 2,
+ *   maxBlocksPerSeq: 2, validVocab: 100,
+ * };
+ * const out = { ids: new Uint32Array(8), positions: new Uint32Array(8), slots: new Uint32Array(8), seqOf: new Uint32Array(8) };
+ * const layout = layoutStep([{ tokens: [5, 6, 7], start: 0, blockTable: [3, 1], output: "sample" }], o, out);
+ * console.log(layout.sampleRows, [...out.slots.subarray(0, 3)]); // [2] [6, 7, 2]
+ * ```
+ */
+export function layoutStep(
+  seqs: readonly StepSeq[],
+  o: RunnerOptions,
+  out: { ids: Uint32Array; positions: Uint32Array; slots: Uint32Array; seqOf: Uint32Array },
+): StepLayout {
+  const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
+  if (T > o.maxNumBatchedTokens) throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
+  if (seqs.length > o.maxNumSeqs) {
+    throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
+  }
+  const sampleRows: number[] = [];
+  const hiddenRows: number[] = [];
+  let t = 0;
+  seqs.forEach((s, si) => {
+    if (s.blockTable.length > o.maxBlocksPerSeq) {
+      throw new Error("block table longer than maxBlocksPerSeq");
+    }
+    const n = s.tokens.length;
+    for (let i = 0; i < n; i++, t++) {
+      const pos = s.start + i;
+      const block = s.blockTable[Math.floor(pos / o.blockSize)];
+      if (block === undefined) throw new Error(`no KV block for position ${pos}`);
+      if (block >= o.numBlocks) throw new Error(`KV block ${block} ≥ ${o.numBlocks}`);
+      out.ids[t] = s.tokens[i]!;
+      out.positions[t] = pos;
+      out.slots[t] = block * o.blockSize + (pos % o.blockSize);
+      out.seqOf[t] = si;
+      const last = i === n - 1;
+      if (s.output === "sample" && last) sampleRows.push(t);
+      if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
+    }
+  });
+  return { numTokens: T, sampleRows, hiddenRows };
+}

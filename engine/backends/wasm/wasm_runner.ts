@@ -8,7 +8,14 @@
  */
 import type { ModelShape, WeightSource } from "../../model.ts";
 import { ropeInvFreq } from "../../model.ts";
-import type { BackendLimits, Runner, RunnerOptions, StepResult, StepSeq } from "../../runner.ts";
+import {
+  type BackendLimits,
+  layoutStep,
+  type Runner,
+  type RunnerOptions,
+  type StepResult,
+  type StepSeq,
+} from "../../runner.ts";
 import { WasmThreads } from "./threads.ts";
 import { type PackedWeight, packWeight, WEIGHT_WORDS, writeWeight } from "./weights.ts";
 
@@ -332,42 +339,18 @@ export class WasmRunner implements Runner {
     const pool = this.pool;
     const b = this.#buf;
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
-    if (T > o.maxNumBatchedTokens) {
-      throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
-    }
-    if (seqs.length > o.maxNumSeqs) {
-      throw new Error(`step has ${seqs.length} sequences > ${o.maxNumSeqs}`);
-    }
-    const ids = pool.u32(b.ids, T);
-    const positions = pool.u32(b.positions, T);
-    const slots = pool.u32(b.slots, T);
-    const seqOf = pool.u32(b.seqOf, T);
-    const table = pool.u32(b.blockTable, seqs.length * o.maxBlocksPerSeq);
-    const sampleRows: number[] = [];
-    const hiddenRows: number[] = [];
-    let t = 0;
-    seqs.forEach((s, si) => {
-      if (s.blockTable.length > o.maxBlocksPerSeq) {
-        throw new Error("block table longer than maxBlocksPerSeq");
-      }
-      table.set(s.blockTable, si * o.maxBlocksPerSeq);
-      const n = s.tokens.length;
-      for (let i = 0; i < n; i++, t++) {
-        const pos = s.start + i;
-        const block = s.blockTable[Math.floor(pos / o.blockSize)];
-        if (block === undefined) throw new Error(`no KV block for position ${pos}`);
-        if (block >= o.numBlocks) throw new Error(`KV block ${block} ≥ ${o.numBlocks}`);
-        const id = s.tokens[i]!;
-        if (id >= this.shape.vocabSize) throw new Error(`token id ${id} ≥ vocab`);
-        ids[t] = id;
-        positions[t] = pos;
-        slots[t] = block * o.blockSize + (pos % o.blockSize);
-        seqOf[t] = si;
-        const last = i === n - 1;
-        if (s.output === "sample" && last) sampleRows.push(t);
-        if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
-      }
+    const ids = pool.u32(b.ids, Math.min(T, o.maxNumBatchedTokens));
+    const { sampleRows, hiddenRows } = layoutStep(seqs, o, {
+      ids,
+      positions: pool.u32(b.positions, ids.length),
+      slots: pool.u32(b.slots, ids.length),
+      seqOf: pool.u32(b.seqOf, ids.length),
     });
+    for (const id of ids) {
+      if (id >= this.shape.vocabSize) throw new Error(`token id ${id} ≥ vocab`);
+    }
+    const table = pool.u32(b.blockTable, seqs.length * o.maxBlocksPerSeq);
+    seqs.forEach((s, si) => table.set(s.blockTable, si * o.maxBlocksPerSeq));
     const L = sampleRows.length;
     const R = L + hiddenRows.length;
     if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
