@@ -724,7 +724,8 @@ export class Engine {
     const p = seq.request.sampling;
     if (p.logprobs) return "logits";
     const row = rowSampling(p, {
-      promptIds: seq.tokenIds.slice(0, seq.numPromptTokens),
+      // The prompt matters only to the repetition penalty: no per-step copy otherwise.
+      promptIds: p.repetitionPenalty !== 1 ? seq.tokenIds.slice(0, seq.numPromptTokens) : [],
       outputIds: seq.outputIds,
       eosTokenIds: p.ignoreEos ? [] : this.#eosList,
       validVocab: this.validVocab,
