@@ -267,7 +267,7 @@ const FLAGS: readonly Flag[] = [
     type: "boolean",
     default: "false",
     help:
-      "time every GPU kernel (timestamp queries) and print per-kernel ms, GFLOP/s, GB/s and share of a known card's peak at the end; steps run slower",
+      "time every GPU kernel (timestamp queries; on the wasm backend every op, by the host clock) and print per-kernel ms, GFLOP/s, GB/s and share of a known card's peak at the end; steps run slower",
   },
   {
     name: "shard",

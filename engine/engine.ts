@@ -100,8 +100,9 @@ export interface EngineOptions {
    */
   readonly kvCacheDtype?: "auto" | "f16" | "f32";
   /**
-   * Time every kernel of every step on the GPU (timestamp queries; one compute pass per
-   * kernel, so steps run slower): read it with {@linkcode Engine.kernelProfile}.
+   * Time every kernel of every step: on the GPU by timestamp queries (one compute pass per
+   * kernel, so steps run slower), on the wasm backend by the host clock at the barrier that
+   * ends each op. Read it with {@linkcode Engine.kernelProfile}.
    */
   readonly profile?: boolean;
 }
@@ -408,7 +409,7 @@ export class Engine {
   }
 
   /**
-   * Per-kernel GPU time, GFLOP/s and GB/s over the steps so far when loaded with
+   * Per-kernel (wasm: per-op) time, GFLOP/s and GB/s over the steps so far when loaded with
    * `profile: true` (else undefined); print it with `formatProfile` (engine/gpu/profile.ts).
    *
    * @example

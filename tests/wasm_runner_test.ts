@@ -20,6 +20,7 @@ import { chooseKernelClass } from "../engine/gpu/registry.ts";
 import { makeModelDir } from "../tools/make_fixture.ts";
 import { buildTokenizerFiles } from "../tools/_tokenizer_files.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
+import { loadModelConfig } from "../engine/loader/config.ts";
 
 const clang = await hasClang();
 
@@ -299,4 +300,42 @@ Deno.test("wasmLimits fit the 0.3B model in 4 GiB and refuse one whose weights d
   assertEquals(limits.defaultKvBytes, 1024 ** 3);
   assert(limits.maxKvBytesPerLayer * 2 * 18 <= 4 * 1024 ** 3 - 700e6, "KV + weights fit 4 GiB");
   assertThrows(() => wasmLimits({ ...shape, numLayers: 200 }), /--backend webgpu/);
+});
+
+Deno.test("a wasm engine with profile: true times every op of every step, tokens unchanged", async () => {
+  const { formatProfile } = await import("../engine/gpu/profile.ts");
+  const sampling = { ...DEFAULT_SAMPLING, temperature: 0, maxTokens: 3, ignoreEos: true };
+  const request = { id: "a", promptIds: [5, 6, 7, 8, 9], sampling };
+  const plain = await Engine.load("models/ernie-tiny", { backend: "wasm", threads: 2 });
+  const want = (await plain.generate(request)).tokenIds;
+  assertEquals(plain.kernelProfile(), undefined);
+  await plain.close();
+  const engine = await Engine.load("models/ernie-tiny", {
+    backend: "wasm",
+    threads: 2,
+    profile: true,
+  });
+  try {
+    assertEquals((await engine.generate(request)).tokenIds, want);
+    const p = engine.kernelProfile()!;
+    const config = await loadModelConfig("models/ernie-tiny");
+    const layers = config.numLayers;
+    const op = (label: string) => p.kernels.find((k) => k.label === label)!;
+    const table = formatProfile(p);
+    assertEquals(p.method, "host-clock", table);
+    assertEquals(p.steps, 3, table);
+    for (const label of ["input_norm", "qkv", "rotary_kv", "attention", "o_proj", "gate_up"]) {
+      assertEquals(op(label).calls, 3 * layers, `${label}\n${table}`);
+    }
+    assertEquals(op("lm_head").calls, 3, table);
+    assertEquals(op("argmax").calls, 3, table);
+    const { hiddenSize: H, vocabSize: V } = config;
+    assertEquals(op("lm_head").flops, 3 * 2 * V * H, table); // one sample row per step
+    assert(p.kernels.every((k) => k.seconds >= 0) && op("gate_up").seconds > 0, table);
+    assert(table.includes("host clock"), table);
+    engine.resetKernelProfile();
+    assertEquals(engine.kernelProfile()!.steps, 0);
+  } finally {
+    await engine.close();
+  }
 });

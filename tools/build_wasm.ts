@@ -22,6 +22,7 @@ const EXPORTS = [
   "model_fields",
   "weight_fields",
   "layer_fields",
+  "op_count",
   "__stack_pointer",
   "__heap_base",
 ];

@@ -33,7 +33,7 @@ export interface KernelStat {
 }
 
 /** How the times were taken. */
-export type ProfileMethod = "timestamp-query" | "separate-submits";
+export type ProfileMethod = "timestamp-query" | "separate-submits" | "host-clock";
 
 /** A card's peaks, for "fraction of peak". */
 export interface DevicePeak {
@@ -243,10 +243,14 @@ const fixed = (x: number, digits: number) => x.toFixed(digits);
  */
 export function formatProfile(p: KernelProfile): string {
   const total = p.kernels.reduce((s, k) => s + k.seconds, 0);
-  const how = p.method === "timestamp-query"
-    ? "GPU timestamps (timestamp-query), one pass per kernel"
-    : "no timestamp-query on this adapter: each kernel submitted alone and timed on the host " +
-      "(includes submit and wake-up latency)";
+  const how = {
+    "timestamp-query": "GPU timestamps (timestamp-query), one pass per kernel",
+    "separate-submits":
+      "no timestamp-query on this adapter: each kernel submitted alone and timed on the host " +
+      "(includes submit and wake-up latency)",
+    "host-clock":
+      "the host clock at the barrier that ends each op (includes waiting for the slowest thread)",
+  }[p.method];
   const lines = [
     `kernel profile: ${p.adapter}, ${p.steps} steps, ${fixed(total * 1e3, 2)} ms of kernels`,
     `timing: ${how}`,

@@ -73,6 +73,9 @@ typedef struct {
   u32 *out_ids;           // (L_rows) argmax ids
   // Barrier state and the next unclaimed work item of the current op (atomics).
   u32 bar_count, bar_gen, work;
+  // Profiling (`--profile`): when set, thread 0 adds each op's milliseconds, from the
+  // barrier before it to the barrier after it, to prof[op] (see enum Op).
+  double *prof;
 } Model;
 
 u32 model_fields(void) { return sizeof(Model) / 4; }
@@ -483,42 +486,64 @@ static void argmax(Model *m, u32 t) {
 
 // ---------------------------------------------------------------- the step
 
+// The host's clock in milliseconds (performance.now), read only when profiling.
+extern double now_ms(void) __attribute__((import_module("env"), import_name("now")));
+
+// The ops of a step, in the order wasm_runner.ts's OPS names them.
+enum Op {
+  OP_EMBED, OP_INPUT_NORM, OP_QKV, OP_ROTARY_KV, OP_ATTENTION, OP_O, OP_POST_NORM, OP_GATE_UP,
+  OP_DOWN, OP_FINAL_NORM, OP_LM_HEAD, OP_ARGMAX, OP_COUNT
+};
+u32 op_count(void) { return OP_COUNT; }
+
+// Ends an op: waits for every thread, then thread 0 books the op's time when profiling.
+static inline void end_op(Model *m, u32 t, enum Op op, double *clock) {
+  barrier(m);
+  if (m->prof && t == 0) {
+    double n = now_ms();
+    m->prof[op] += n - *clock;
+    *clock = n;
+  }
+}
+
 // One forward step; every thread calls this with its index.
 void run_step(Model *m, u32 t) {
   u32 T = m->tokens, H = m->hidden, I = m->inter;
   u32 qkv_width = (m->heads + 2 * m->kv_heads) * m->head_dim;
   u32 attn_width = m->heads * m->head_dim;
+  double clock = m->prof && t == 0 ? now_ms() : 0;
   embedding(m, t);
-  barrier(m);
+  end_op(m, t, OP_EMBED, &clock);
   for (u32 li = 0; li < m->layers; li++) {
     const Layer *l = &m->layer[li];
     rms_norm(m, t, m->x, l->input_norm, m->normed, T, 0);
-    barrier(m);
+    end_op(m, t, OP_INPUT_NORM, &clock);
     matmul(m, t, &l->qkv, m->normed, H, m->qkv, qkv_width, T, STORE);
-    barrier(m);
+    end_op(m, t, OP_QKV, &clock);
     rotary_kv(m, t, l);
-    barrier(m);
+    end_op(m, t, OP_ROTARY_KV, &clock);
     attention(m, t, l);
-    barrier(m);
+    end_op(m, t, OP_ATTENTION, &clock);
     matmul(m, t, &l->o, m->attn, attn_width, m->x, H, T, ADD);
-    barrier(m);
+    end_op(m, t, OP_O, &clock);
     rms_norm(m, t, m->x, l->post_norm, m->normed, T, 0);
-    barrier(m);
+    end_op(m, t, OP_POST_NORM, &clock);
     matmul(m, t, &l->gate_up, m->normed, H, m->act, I, T, SWIGLU);
-    barrier(m);
+    end_op(m, t, OP_GATE_UP, &clock);
     matmul(m, t, &l->down, m->act, I, m->x, H, T, ADD);
-    barrier(m);
+    end_op(m, t, OP_DOWN, &clock);
   }
   rms_norm(m, t, m->x, m->norm, m->final_rows, m->rows, m->out_rows);
-  barrier(m);
+  end_op(m, t, OP_FINAL_NORM, &clock);
   if (m->logit_rows > 0) {
     matmul(m, t, m->lm_head, m->final_rows, H, m->logits, m->vocab, m->logit_rows, STORE);
+    end_op(m, t, OP_LM_HEAD, &clock);
     if (m->want_ids) {
-      barrier(m);
       argmax(m, t);
+      end_op(m, t, OP_ARGMAX, &clock);
     }
   }
-  barrier(m);  // leaves the work counter at 0 for the next call
+  // Every op ended at a barrier, which leaves the work counter at 0 for the next call.
 }
 
 // Matmul alone, for benchmarks and kernel tests: out (rows, w.n) = x (rows, w.k) · Wᵀ.

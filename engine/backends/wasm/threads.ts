@@ -35,7 +35,7 @@ self.onmessage = (e) => {
   const { module, memory, thread, control, stackTop } = e.data;
   let instance;
   try {
-    instance = new WebAssembly.Instance(module, { env: { memory } });
+    instance = new WebAssembly.Instance(module, { env: { memory, now: () => performance.now() } });
     instance.exports.__stack_pointer.value = stackTop;
   } catch (err) {
     self.postMessage({ error: String(err && err.stack || err) });
@@ -74,7 +74,7 @@ export class WasmThreads {
   #fail: (e: Error) => void = () => {};
   #busy = false;
   /** Sizes of kernels.c's structs in u32 words, to check the TypeScript layouts against. */
-  structWords: { model: number; weight: number; layer: number } = { model: 0, weight: 0, layer: 0 };
+  structWords = { model: 0, weight: 0, layer: 0, ops: 0 };
   #closed = false;
 
   private constructor(
@@ -97,7 +97,9 @@ export class WasmThreads {
     }
     const module = await WebAssembly.compile(Uint8Array.fromBase64(KERNELS_WASM_BASE64));
     const memory = new WebAssembly.Memory({ initial: 32, maximum: MAX_PAGES, shared: true });
-    const main = new WebAssembly.Instance(module, { env: { memory } });
+    const main = new WebAssembly.Instance(module, {
+      env: { memory, now: () => performance.now() },
+    });
     const heapBase = (main.exports.__heap_base as WebAssembly.Global).value as number;
     const pool = new WasmThreads(threads, module, memory, heapBase);
     const word = (f: string) => (main.exports[f] as () => number)();
@@ -105,6 +107,7 @@ export class WasmThreads {
       model: word("model_fields"),
       weight: word("weight_fields"),
       layer: word("layer_fields"),
+      ops: word("op_count"),
     };
     pool.i32(pool.#control, CONTROL_WORDS)[THREADS] = threads;
     const url = URL.createObjectURL(new Blob([WORKER_SOURCE], { type: "text/javascript" }));

@@ -16,6 +16,7 @@ import {
   type StepResult,
   type StepSeq,
 } from "../../runner.ts";
+import type { KernelCost, KernelProfile, KernelStat } from "../../gpu/profile.ts";
 import { WasmThreads } from "./threads.ts";
 import { type PackedWeight, packWeight, WEIGHT_WORDS, writeWeight } from "./weights.ts";
 
@@ -63,6 +64,7 @@ const MODEL_FIELDS = [
   "bar_count",
   "bar_gen",
   "work",
+  "prof",
 ] as const;
 type ModelField = typeof MODEL_FIELDS[number];
 const F = Object.fromEntries(MODEL_FIELDS.map((f, i) => [f, i])) as Record<ModelField, number>;
@@ -91,7 +93,26 @@ interface StepBuffers {
 export interface WasmOptions {
   /** Worker threads (default `navigator.hardwareConcurrency`). */
   readonly threads?: number;
+  /** Time every op of every step (`--profile`): see {@linkcode WasmRunner.kernelProfile}. */
+  readonly profile?: boolean;
 }
+
+/** The ops of a step, in the order of kernels.c's `enum Op`: the profile's labels. */
+const OPS = [
+  "embed",
+  "input_norm",
+  "qkv",
+  "rotary_kv",
+  "attention",
+  "o_proj",
+  "post_norm",
+  "gate_up",
+  "down",
+  "final_norm",
+  "lm_head",
+  "argmax",
+] as const;
+type Op = typeof OPS[number];
 
 /** Bytes of the weights as the wasm backend holds bf16 checkpoints (an untied lm_head counted). */
 function weightEstimate(s: ModelShape): number {
@@ -120,11 +141,93 @@ export function wasmLimits(shape: ModelShape): BackendLimits {
   };
 }
 
+/** Bytes of the packed weights one call of each matmul op reads. */
+interface OpWeightBytes {
+  readonly qkv: number;
+  readonly o: number;
+  readonly gateUp: number;
+  readonly down: number;
+  readonly lmHead: number;
+  /** One embedding row. */
+  readonly embedRow: number;
+}
+
+/** The step's sizes that the op costs depend on. */
+interface StepSizes {
+  readonly tokens: number;
+  readonly rows: number;
+  readonly logitRows: number;
+  /** Keys attended, summed over the step's tokens. */
+  readonly keys: number;
+}
+
+/**
+ * What one call of each op computes and moves (a fused multiply-add is 2
+ * FLOPs; bytes are read or written at least once): the profile's GFLOP/s and GB/s.
+ */
+function opCosts(s: ModelShape, w: OpWeightBytes, z: StepSizes): Record<Op, KernelCost> {
+  const { hiddenSize: H, intermediateSize: I, numHeads: HQ, numKvHeads: HKV, headDim: D } = s;
+  const { tokens: T, rows: R, logitRows: L, keys } = z;
+  const V = s.vocabSize;
+  const QKV = (HQ + 2 * HKV) * D;
+  const norm = (n: number) => ({ flops: 4 * n * H, bytes: (2 * n * H + H) * 4 });
+  // n rows · (out, k) weight; `written` outputs per row, `added` rows read back (residual adds).
+  const matmul = (n: number, out: number, k: number, weight: number, written = out, added = 0) => ({
+    flops: 2 * n * out * k,
+    bytes: weight + n * (k + written + added) * 4,
+  });
+  return {
+    embed: { flops: 0, bytes: T * (w.embedRow + 4 * H) },
+    input_norm: norm(T),
+    qkv: matmul(T, QKV, H, w.qkv),
+    rotary_kv: { flops: 6 * T * (HQ + HKV) * (D / 2), bytes: T * (2 * QKV + 2 * HKV * D) * 4 },
+    attention: { flops: 4 * HQ * D * keys, bytes: (2 * keys * HKV * D + 2 * T * HQ * D) * 4 },
+    o_proj: matmul(T, H, HQ * D, w.o, H, H),
+    post_norm: norm(T),
+    gate_up: matmul(T, 2 * I, H, w.gateUp, I), // silu(gate)·up: I values per row written
+    down: matmul(T, H, I, w.down, H, H),
+    final_norm: norm(R),
+    lm_head: matmul(L, V, H, w.lmHead),
+    argmax: { flops: 0, bytes: L * V * 4 },
+  };
+}
+
+/** Per-op totals of a profiled runner. */
+class OpProfile {
+  readonly #totals = new Map<
+    Op,
+    { calls: number; seconds: number; flops: number; bytes: number }
+  >();
+  steps = 0;
+
+  add(op: Op, calls: number, seconds: number, cost: KernelCost): void {
+    let t = this.#totals.get(op);
+    if (!t) this.#totals.set(op, t = { calls: 0, seconds: 0, flops: 0, bytes: 0 });
+    t.calls += calls;
+    t.seconds += seconds;
+    t.flops += calls * cost.flops;
+    t.bytes += calls * cost.bytes;
+  }
+
+  report(adapter: string): KernelProfile {
+    const kernels: KernelStat[] = [...this.#totals].map(([label, t]) => ({ label, ...t }))
+      .sort((a, b) => b.seconds - a.seconds);
+    return { method: "host-clock", adapter, steps: this.steps, kernels };
+  }
+
+  reset(): void {
+    this.#totals.clear();
+    this.steps = 0;
+  }
+}
+
 /** The model in a shared wasm memory, computed by worker threads. */
 export class WasmRunner implements Runner {
   readonly description: string;
   readonly #model: number;
   readonly #buf: StepBuffers;
+  /** Set when profiling: where kernels.c adds each op's milliseconds, and the totals. */
+  #profile?: { readonly at: number; readonly ops: OpProfile; readonly weights: OpWeightBytes };
 
   private constructor(
     readonly pool: WasmThreads,
@@ -152,7 +255,7 @@ export class WasmRunner implements Runner {
     const threads = wasm.threads ?? navigator.hardwareConcurrency ?? 1;
     const pool = await WasmThreads.start(threads);
     try {
-      return await WasmRunner.#build(pool, shape, source, o);
+      return await WasmRunner.#build(pool, shape, source, o, wasm);
     } catch (e) {
       pool.close();
       throw e;
@@ -164,6 +267,7 @@ export class WasmRunner implements Runner {
     s: ModelShape,
     source: WeightSource,
     o: RunnerOptions,
+    wasm: WasmOptions,
   ): Promise<WasmRunner> {
     const {
       hiddenSize: H,
@@ -177,7 +281,7 @@ export class WasmRunner implements Runner {
     const sizes = pool.structWords;
     if (
       sizes.model !== MODEL_FIELDS.length || sizes.weight !== WEIGHT_WORDS ||
-      sizes.layer !== LAYER_WORDS
+      sizes.layer !== LAYER_WORDS || sizes.ops !== OPS.length
     ) {
       throw new Error(
         `wasm backend: kernels.c structs do not match wasm_runner.ts (${JSON.stringify(sizes)})`,
@@ -317,7 +421,7 @@ export class WasmRunner implements Runner {
       lt[at + 2 + 4 * WEIGHT_WORDS] = kCache[i]!;
       lt[at + 3 + 4 * WEIGHT_WORDS] = vCache[i]!;
     });
-    return new WasmRunner(
+    const runner = new WasmRunner(
       pool,
       s,
       o,
@@ -328,6 +432,24 @@ export class WasmRunner implements Runner {
       model,
       buf,
     );
+    if (wasm.profile) {
+      const at = pool.alloc(OPS.length * 8, 8);
+      words[F.prof] = at;
+      const l = layers[0]!;
+      runner.#profile = {
+        at,
+        ops: new OpProfile(),
+        weights: {
+          qkv: l.qkv.bytes,
+          o: l.o.bytes,
+          gateUp: l.gateUp.bytes,
+          down: l.down.bytes,
+          lmHead: lmHead.bytes,
+          embedRow: embed.bytes / embed.n,
+        },
+      };
+    }
+    return runner;
   }
 
   /**
@@ -361,13 +483,51 @@ export class WasmRunner implements Runner {
     words[F.rows] = R;
     words[F.logit_rows] = L;
     words[F.want_ids] = wantLogits ? 0 : 1;
-    if (T > 0) await pool.run("run_step", this.#model);
+    if (T > 0) {
+      const prof = this.#profile &&
+        new Float64Array(pool.memory.buffer, this.#profile.at, OPS.length);
+      prof?.fill(0);
+      await pool.run("run_step", this.#model);
+      if (prof) this.#addProfile(prof, { tokens: T, rows: R, logitRows: L, keys: 0 }, !wantLogits);
+    }
     const { vocabSize: V, hiddenSize: H } = this.shape;
     return {
       ids: L > 0 && !wantLogits ? pool.u32(b.outIds, L).slice() : undefined,
       logits: L > 0 && wantLogits ? pool.f32(b.logits, L * V).slice() : undefined,
       hidden: R > L ? pool.f32(b.final + L * H * 4, (R - L) * H).slice() : undefined,
     };
+  }
+
+  #addProfile(ms: Float64Array, z: StepSizes, argmax: boolean): void {
+    const p = this.#profile!;
+    const positions = this.pool.u32(this.#buf.positions, z.tokens);
+    const keys = positions.reduce((n, pos) => n + pos + 1, 0);
+    const costs = opCosts(this.shape, p.weights, { ...z, keys });
+    const layers = this.shape.numLayers;
+    p.ops.steps++;
+    OPS.forEach((op, i) => {
+      if (
+        (op === "lm_head" && z.logitRows === 0) || (op === "argmax" && !(argmax && z.logitRows))
+      ) {
+        return;
+      }
+      const perLayer = !["embed", "final_norm", "lm_head", "argmax"].includes(op);
+      p.ops.add(op, perLayer ? layers : 1, ms[i]! / 1000, costs[op]);
+    });
+  }
+
+  /**
+   * Per-op time of the steps so far when created with `profile` (else undefined):
+   * thread 0 reads the host clock at the barrier that ends each op, so an op's
+   * time includes waiting for the slowest thread.
+   */
+  kernelProfile(): KernelProfile | undefined {
+    return this.#profile?.ops.report(this.description);
+  }
+
+  /** Forgets the profile so far (for example after warm-up). */
+  resetProfile(): void {
+    this.#profile?.ops.reset();
   }
 
   /** Stops the worker threads; the memory goes with the last reference. */
