@@ -8,11 +8,13 @@ import type { KernelRow } from "./_kernels.ts";
 import type { OursFigures, RunFigures } from "./_e2e.ts";
 import type { MemoryFigures } from "./_memory.ts";
 import type { Workload } from "./_workload.ts";
+import type { BandwidthFigures } from "./_bandwidth.ts";
 
 /** The parts of bench/results.json the table shows. */
 export interface TableInput {
   readonly workload: Workload;
   readonly kernels: readonly KernelRow[];
+  readonly bandwidth: BandwidthFigures | null;
   readonly e2e: {
     readonly ours: OursFigures | null;
     readonly nodeLlamaCpp:
@@ -59,6 +61,23 @@ export function printTable(r: TableInput): void {
         k.ratioToNumpy,
       ]),
     ], 2));
+    out.push("");
+  }
+  const b = r.bandwidth;
+  if (b) {
+    out.push(...render([
+      [
+        `GEMV at M = 1: one sequence decoding (${b.backend}), weights from memory`,
+        "GB/s",
+        `÷ numpy f32 GEMV (${b.numpyGemvGBs ?? "–"} GB/s)`,
+      ],
+      ...b.ops.map((o) => [`  ${o.op}`, o.gbPerSecond.toFixed(1), o.ratioToMemory]),
+      [
+        `  all matmuls (${(100 * b.matmulShare).toFixed(0)}% of the step)`,
+        b.matmulGBs.toFixed(1),
+        b.matmulRatioToMemory,
+      ],
+    ]));
     out.push("");
   }
   const w = r.workload;

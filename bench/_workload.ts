@@ -38,7 +38,14 @@ export const QUICK_WORKLOAD: Workload = {
 };
 
 /** The phases of a run; each has prompts of its own, so none hits another's prefix cache. */
-export const PHASE = { warmup: 0, headline: 1, batching: 2, oneAtATime: 3, agreement: 4 } as const;
+export const PHASE = {
+  warmup: 0,
+  headline: 1,
+  batching: 2,
+  oneAtATime: 3,
+  agreement: 4,
+  bandwidth: 5,
+} as const;
 
 /**
  * `n` prompts of `len` ids, all different from their first token on, drawn

@@ -10,10 +10,13 @@
  *     a GGUF of the same model that the bench writes), plus 16 sequences at
  *     once against one at a time on both; a greedy agreement check on the
  *     tiny model shows the peer ran the same network;
- *  3. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
+ *  3. GEMV bandwidth: each matmul of a one-sequence decode on the wasm backend
+ *     (weights streamed from memory at M = 1) in GB/s, beside numpy's f32
+ *     GEMV over 512 MiB as what this machine's memory delivers;
+ *  4. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
  * It prints one table and writes every figure to bench/results.json.
  *
- * Flags: --quick (smaller runs), --skip=kernels,e2e,peer,memory,structured,
+ * Flags: --quick (smaller runs), --skip=kernels,bandwidth,e2e,peer,memory,structured,
  * --backend=auto|webgpu|wasm (the end-to-end backend; default auto),
  * --peer-threads=N (node-llama-cpp's threads; default its cpuMathCores, the physical cores).
  *
@@ -43,6 +46,7 @@ import { batchPeakRss, type MemoryFigures } from "./_memory.ts";
 import { wasmMatmulGflops } from "../engine/backends/wasm/matmul.ts";
 import { FULL_WORKLOAD, PHASE, prompts, QUICK_WORKLOAD } from "./_workload.ts";
 import { machineFacts } from "./_machine.ts";
+import { type BandwidthFigures, gemvBandwidth, numpyGemvGBs } from "./_bandwidth.ts";
 import { printTable } from "./_table.ts";
 
 const { values: flags } = parseArgs({
@@ -136,7 +140,7 @@ if (!skip.has("kernels")) {
 let ours: OursFigures | null = null;
 let peer: (PeerReport & { error?: undefined }) | { error: string } | null = null;
 let agreement: Record<string, unknown> | null = null;
-if (!skip.has("e2e") || !skip.has("peer")) {
+if (!skip.has("e2e") || !skip.has("peer") || !skip.has("bandwidth")) {
   try {
     await Deno.stat(join(MODEL_DIR, "model.safetensors"));
   } catch {
@@ -147,6 +151,20 @@ if (!skip.has("e2e") || !skip.has("peer")) {
     await makeModelDir(MODEL_DIR, REAL_0_3B_OVERRIDES, { seed: 1 });
   }
 }
+// --- 2a. GEMV bandwidth at M = 1, against what the memory delivers ---
+let bandwidth: BandwidthFigures | null = null;
+if (!skip.has("bandwidth")) {
+  const memoryGBs = await numpyGemvGBs();
+  bandwidth = await gemvBandwidth(MODEL_DIR, memoryGBs, quick ? 8 : 24);
+  console.log(
+    `GEMV at M = 1 (${bandwidth.backend}, ${bandwidth.decodeSteps} decode steps): matmuls ` +
+      `${bandwidth.matmulGBs} GB/s of weights, numpy f32 GEMV over 512 MiB ${
+        memoryGBs?.toFixed(1)
+      } ` +
+      `GB/s → ${bandwidth.matmulRatioToMemory}`,
+  );
+}
+
 if (!skip.has("e2e")) {
   console.log(`e2e on our engine (--backend=${backend}) …`);
   ours = await runOurs(MODEL_DIR, backend, workload);
@@ -294,6 +312,7 @@ const results = {
   backend: { requested: backend, ran: ours?.backend ?? null },
   workload,
   kernels,
+  bandwidth,
   e2e: {
     model: "real 0.3B shapes (ERNIE-4.5-0.3B), random bf16 weights, tied embeddings",
     ours,
