@@ -243,9 +243,36 @@ static inline __attribute__((always_inline)) void store_tile(int mode, const Wei
 // accumulators, measured no faster).
 #define TILE_ROWS 4
 
+// Hides a pointer from the optimiser, so that the loops below keep one pointer per
+// stream, bumped once per iteration, and each load's constant offset folds into the
+// load instead of an address add per load (LLVM's loop strength reduction otherwise
+// rewrites the streams as one index plus a separate add for every access).
+#define OPAQUE(p) __asm__("" : "+r"(p))
+
+// One k step of a tile: the panel's 8 columns at pw, x[r] at xr[r][j].
+#define TILE_STEP(j)                                                   \
+  {                                                                    \
+    v128_t wa, wb;                                                     \
+    if (BF) {                                                          \
+      v128_t v = wasm_v128_load(pw + 4 * (j));                         \
+      wa = wasm_v128_and(v, hi);                                       \
+      wb = wasm_i32x4_shl(v, 16);                                      \
+    } else {                                                           \
+      wa = wasm_v128_load(pf + 8 * (j));                               \
+      wb = wasm_v128_load(pf + 8 * (j) + 4);                           \
+    }                                                                  \
+    _Pragma("clang loop unroll(full)") for (int r = 0; r < R; r++) {   \
+      v128_t s = wasm_v128_load32_splat(xr[r] + (j));                  \
+      a[r] = wasm_f32x4_relaxed_madd(wa, s, a[r]);                     \
+      b[r] = wasm_f32x4_relaxed_madd(wb, s, b[r]);                     \
+    }                                                                  \
+  }
+
 // One tile: R rows of x (R ≤ TILE_ROWS) against one panel, over the whole k range in
-// order. Each accumulator lane is one output and sees the same fused multiply-adds in
-// the same order whatever R is, so a row's result does not depend on its tile.
+// order, two k steps per iteration (measured: 4 rows × 8 columns, one thread, 31 →
+// 37 GFLOP/s; four steps per iteration or 5–6 rows spill registers and are slower).
+// Each accumulator lane is one output and sees the same fused multiply-adds in the
+// same order whatever R is, so a row's result does not depend on its tile.
 static inline __attribute__((always_inline)) void tile(const int R, const int BF, const Weight *w,
                                                        u32 p, const float *x, u32 ldx, float *out,
                                                        u32 ldo, int mode) {
@@ -260,25 +287,45 @@ static inline __attribute__((always_inline)) void tile(const int R, const int BF
   const v128_t hi = wasm_i32x4_splat((int)0xffff0000u);
   const u32 *pw = (const u32 *)w->data + (size_t)p * K * 4;
   const float *pf = (const float *)w->data + (size_t)p * K * 8;
-  for (u32 k = 0; k < K; k++) {
-    v128_t wa, wb;
+  u32 k = 0;
+  for (; k + 2 <= K; k += 2) {
+    TILE_STEP(0)
+    TILE_STEP(1)
     if (BF) {
-      v128_t v = wasm_v128_load(pw + 4 * k);
-      wa = wasm_v128_and(v, hi);
-      wb = wasm_i32x4_shl(v, 16);
+      pw += 8;
+      OPAQUE(pw);
     } else {
-      wa = wasm_v128_load(pf + 8 * k);
-      wb = wasm_v128_load(pf + 8 * k + 4);
+      pf += 16;
+      OPAQUE(pf);
     }
 #pragma clang loop unroll(full)
     for (int r = 0; r < R; r++) {
-      v128_t s = wasm_v128_load32_splat(xr[r] + k);
-      a[r] = wasm_f32x4_relaxed_madd(wa, s, a[r]);
-      b[r] = wasm_f32x4_relaxed_madd(wb, s, b[r]);
+      xr[r] += 2;
+      OPAQUE(xr[r]);
     }
   }
+  if (k < K) TILE_STEP(0)
   for (int r = 0; r < R; r++) store_tile(mode, w, p, out + r * ldo, a[r], b[r]);
 }
+
+// One k step of gemv4: x[k] against panel i's columns at pw[i] (or pf[i]).
+#define GEMV_STEP(j)                                                   \
+  {                                                                    \
+    v128_t s = wasm_v128_load32_splat(xk + (j));                       \
+    _Pragma("clang loop unroll(full)") for (int i = 0; i < 4; i++) {   \
+      v128_t wa, wb;                                                   \
+      if (BF) {                                                        \
+        v128_t v = wasm_v128_load(pw[i] + 4 * (j));                    \
+        wa = wasm_v128_and(v, hi);                                     \
+        wb = wasm_i32x4_shl(v, 16);                                    \
+      } else {                                                         \
+        wa = wasm_v128_load(pf[i] + 8 * (j));                          \
+        wb = wasm_v128_load(pf[i] + 8 * (j) + 4);                      \
+      }                                                                \
+      a[i] = wasm_f32x4_relaxed_madd(wa, s, a[i]);                     \
+      b[i] = wasm_f32x4_relaxed_madd(wb, s, b[i]);                     \
+    }                                                                  \
+  }
 
 // One row against 4 panels p..p+3: 8 independent accumulator chains instead of 2, so a
 // single row (decode of one sequence) streams weights instead of waiting on the
@@ -286,29 +333,35 @@ static inline __attribute__((always_inline)) void tile(const int R, const int BF
 static inline __attribute__((always_inline)) void gemv4(const int BF, const Weight *w, u32 p,
                                                         const float *x, float *out, int mode) {
   v128_t a[4], b[4];
-#pragma clang loop unroll(full)
-  for (int i = 0; i < 4; i++) a[i] = b[i] = wasm_f32x4_splat(0);
+  const u32 *pw[4];
+  const float *pf[4];
   const u32 K = w->k;
+#pragma clang loop unroll(full)
+  for (int i = 0; i < 4; i++) {
+    a[i] = b[i] = wasm_f32x4_splat(0);
+    pw[i] = (const u32 *)w->data + (size_t)(p + i) * K * 4;
+    pf[i] = (const float *)w->data + (size_t)(p + i) * K * 8;
+  }
   const v128_t hi = wasm_i32x4_splat((int)0xffff0000u);
-  const u32 *pw = (const u32 *)w->data + (size_t)p * K * 4;
-  const float *pf = (const float *)w->data + (size_t)p * K * 8;
-  for (u32 k = 0; k < K; k++) {
-    v128_t s = wasm_v128_load32_splat(x + k);
+  const float *xk = x;
+  u32 k = 0;
+  for (; k + 2 <= K; k += 2) {
+    GEMV_STEP(0)
+    GEMV_STEP(1)
 #pragma clang loop unroll(full)
     for (int i = 0; i < 4; i++) {
-      v128_t wa, wb;
       if (BF) {
-        v128_t v = wasm_v128_load(pw + (size_t)i * K * 4 + 4 * k);
-        wa = wasm_v128_and(v, hi);
-        wb = wasm_i32x4_shl(v, 16);
+        pw[i] += 8;
+        OPAQUE(pw[i]);
       } else {
-        wa = wasm_v128_load(pf + (size_t)i * K * 8 + 8 * k);
-        wb = wasm_v128_load(pf + (size_t)i * K * 8 + 8 * k + 4);
+        pf[i] += 16;
+        OPAQUE(pf[i]);
       }
-      a[i] = wasm_f32x4_relaxed_madd(wa, s, a[i]);
-      b[i] = wasm_f32x4_relaxed_madd(wb, s, b[i]);
     }
+    xk += 2;
+    OPAQUE(xk);
   }
+  if (k < K) GEMV_STEP(0)
   for (int i = 0; i < 4; i++) store_tile(mode, w, p + i, out, a[i], b[i]);
 }
 
