@@ -9,11 +9,13 @@
 import type { Gpu } from "./gpu/device.ts";
 import {
   EDIT_BYTES,
+  GREEDY_ROW,
   maskWords,
   packMasks,
   packRows,
   ROW_BYTES,
   type RowSampling,
+  SAMPLE_EDIT_CAPACITY,
   sampleOp,
 } from "./gpu/sampling.ts";
 import { type KernelProfile, KernelProfiler } from "./gpu/profile.ts";
@@ -64,20 +66,6 @@ export interface WebGpuRunnerOptions {
   /** KV cache storage: `auto` (default) is f16 for the gpu class on a device with shader-f16. */
   readonly kvCacheDtype?: KvCacheDtype;
 }
-
-/** Most logit edits (bias, masks, penalties) one step samples with on the device. */
-const SAMPLE_EDIT_CAPACITY = 1 << 16;
-
-/** The row a "sample" sequence gets without sampling options: the greedy id. */
-const GREEDY: RowSampling = {
-  greedy: true,
-  temperature: 0,
-  topK: 0,
-  topP: 1,
-  minP: 0,
-  u: 0,
-  edits: [],
-};
 
 interface DeviceSampling {
   readonly masks: GPUBuffer; // (maxLogitRows, maskWords) grammar bitsets of masked rows
@@ -324,7 +312,7 @@ export class ModelRunner implements Runner {
       for (const s of seqs) {
         if (s.output !== "sample") continue;
         if (s.sampling === "logits") logitRows.push(rowSampling.length);
-        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY);
+        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY_ROW);
       }
     }
     const ids = host.ids.subarray(0, T);

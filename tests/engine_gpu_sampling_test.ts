@@ -1,8 +1,9 @@
 /**
- * Sampling on the device, end to end (the gpu kernel class samples on the GPU and
- * reads back ids only): seeded draws independent of the batch and of the engine's
- * history, logit edits (bias, penalties, min_tokens) applied on the GPU, and rows
- * that need the host (logprobs) still answered from their logits.
+ * Sampling on the device, end to end, on both backends that do it (the gpu kernel
+ * class samples on the GPU, the wasm backend on its worker threads; both read
+ * back ids only): seeded draws independent of the batch and of the engine's
+ * history, logit edits (bias, penalties, min_tokens) applied on the device, and
+ * rows that need the host (logprobs) still answered from their logits.
  */
 import { assert, assertEquals } from "./_assert.ts";
 import { gpuTest } from "./_gpu.ts";
@@ -11,16 +12,22 @@ import { DEFAULT_SAMPLING, type GenerateRequest, type SamplingParams } from "../
 
 const MODEL = "models/ernie-tiny";
 
+/** Registers a test for the gpu kernel class (when there is an adapter) and the wasm backend. */
+function deviceTest(name: string, fn: (load: () => Promise<Engine>) => Promise<void>): void {
+  gpuTest(`gpu class: ${name}`, (gpu) => fn(() => Engine.load(MODEL, { gpu, kernels: "gpu" })));
+  Deno.test(`wasm: ${name}`, () => fn(() => Engine.load(MODEL, { backend: "wasm", threads: 2 })));
+}
+
 function req(id: string, prompt: number[], p: Partial<SamplingParams>): GenerateRequest {
   return { id, promptIds: prompt, sampling: { ...DEFAULT_SAMPLING, maxTokens: 12, ...p } };
 }
 
-gpuTest(
+deviceTest(
   "device sampling: a seeded draw is the same alone, in a batch, and after other traffic",
-  async (gpu) => {
-    const engine = await Engine.load(MODEL, { gpu, kernels: "gpu" });
+  async (load) => {
+    const engine = await load();
     try {
-      assert(engine.runner.deviceSampling === true, "the gpu class samples on the device");
+      assert(engine.runner.deviceSampling === true, "the runner samples on the device");
       const params = { temperature: 0.9, topP: 0.9, topK: 40, seed: 1234, ignoreEos: true };
       const alone = await engine.generate(req("alone", [5, 6, 7, 8], params));
       const others = Array.from({ length: 20 }, (_, i) =>
@@ -41,8 +48,8 @@ gpuTest(
   },
 );
 
-gpuTest("device sampling applies logit bias, penalties and min_tokens on the GPU", async (gpu) => {
-  const engine = await Engine.load(MODEL, { gpu, kernels: "gpu" });
+deviceTest("device sampling applies logit bias, penalties and min_tokens", async (load) => {
+  const engine = await load();
   try {
     // A +100 bias makes id 77 certain at any temperature.
     const biased = await engine.generate(
@@ -105,6 +112,22 @@ gpuTest(
     } finally {
       await gpuEngine.close();
       await cpuEngine.close();
+    }
+  },
+);
+
+deviceTest(
+  "device sampling: a greedy row with a penalty picks what the host sampler picks",
+  async (load) => {
+    const engine = await load();
+    try {
+      const greedy = { temperature: 0, ignoreEos: true, repetitionPenalty: 1.3, maxTokens: 16 };
+      const device = await engine.generate(req("d", [3, 1, 4, 1, 5], greedy));
+      // logprobs send the row's logits to the host sampler.
+      const host = await engine.generate(req("h", [3, 1, 4, 1, 5], { ...greedy, logprobs: true }));
+      assertEquals(device.tokenIds, host.tokenIds);
+    } finally {
+      await engine.close();
     }
   },
 );

@@ -1,7 +1,9 @@
 /**
- * GPU sampling (shaders/sample.wgsl) against the CPU sampler (engine/sampler.ts):
- * greedy ids equal with every logit edit, random draws from the same
- * distribution (many seeded draws), and a row's draw independent of the batch.
+ * Device sampling against the CPU sampler (engine/sampler.ts), on both kernels
+ * that implement it: the GPU's (shaders/sample.wgsl) and the wasm backend's
+ * (kernels.c `sample`, the same algorithm on worker threads): greedy ids equal
+ * with every logit edit, random draws from the same distribution (many seeded
+ * draws), grammar masks, and a row's draw independent of the batch.
  */
 import { assert, assertEquals } from "./_assert.ts";
 import { gpuTest, randomArray, rng } from "./_gpu.ts";
@@ -20,6 +22,7 @@ import {
 import { sample } from "../engine/sampler.ts";
 import { uniform } from "../engine/rng.ts";
 import { DEFAULT_SAMPLING, type SamplingParams } from "../engine/types.ts";
+import { wasmSampleRows } from "../engine/backends/wasm/sample.ts";
 
 /** Runs the kernel over `rows` (one logits row each) and returns the chosen ids. */
 async function gpuSample(
@@ -59,6 +62,23 @@ async function gpuSample(
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
 
+/** Draws ids for `rows` of `logits` (rows of `stride`), as one of the device kernels does. */
+type Draw = (
+  logits: Float32Array,
+  stride: number,
+  valid: number,
+  rows: readonly (RowSampling | null)[],
+) => Promise<Uint32Array>;
+
+/** Registers a test for the GPU kernel (when there is an adapter) and for the wasm kernel. */
+function bothTest(name: string, fn: (draw: Draw, kernel: string) => Promise<void>): void {
+  gpuTest(`GPU: ${name}`, (gpu) => fn((l, s, v, r) => gpuSample(gpu, l, s, v, r), "GPU"));
+  Deno.test(
+    `wasm: ${name}`,
+    () => fn((l, s, v, r) => wasmSampleRows(l, s, v, r, { initial: 12345 }), "wasm"),
+  );
+}
+
 /** The rows' grammar masks as the runner uploads them (at least one word). */
 function masksOf(rows: readonly (RowSampling | null)[], stride: number): Uint32Array {
   const words = maskWords(stride);
@@ -74,9 +94,9 @@ function bitset(stride: number, ids: Iterable<number>): Uint32Array {
   return mask;
 }
 
-gpuTest(
-  "a grammar mask limits GPU greedy and random picks to its ids, as on the CPU",
-  async (gpu) => {
+bothTest(
+  "a grammar mask limits greedy and random picks to its ids, as on the CPU",
+  async (draw) => {
     const V = 777;
     const random = rng(21);
     const logits = randomArray(V, random, 3);
@@ -95,7 +115,7 @@ gpuTest(
       );
       rows.push({ ...row, mask });
     }
-    const ids = await gpuSample(gpu, all, V, V, rows);
+    const ids = await draw(all, V, V, rows);
     const cpuGreedy = sample(logits, {
       validVocab: V,
       promptIds: [],
@@ -110,9 +130,9 @@ gpuTest(
   },
 );
 
-gpuTest(
-  "GPU greedy equals the CPU sampler with bias, min_tokens masks and penalties",
-  async (gpu) => {
+bothTest(
+  "greedy equals the CPU sampler with bias, min_tokens masks and penalties",
+  async (draw) => {
     const random = rng(11);
     const V = 1000;
     const valid = 997; // padding ids past the tokenizer are never chosen
@@ -151,7 +171,7 @@ gpuTest(
         validVocab: valid,
       }, 0)
     );
-    const ids = await gpuSample(gpu, logits, V, valid, rows);
+    const ids = await draw(logits, V, valid, rows);
     cases.forEach((c, r) => {
       const cpu = sample(logits.subarray(r * V, (r + 1) * V), {
         validVocab: valid,
@@ -207,9 +227,9 @@ function bucketTvd(counts: Map<number, number>, weights: Map<number, number>, n:
   return expected.reduce((d, e, i) => d + Math.abs(e - seen[i]), 0) / 2;
 }
 
-gpuTest(
-  "GPU draws follow the CPU sampler's distribution (temperature, top-k, top-p, min-p)",
-  async (gpu) => {
+bothTest(
+  "draws follow the CPU sampler's distribution (temperature, top-k, top-p, min-p)",
+  async (draw, kernel) => {
     const V = 777; // not a multiple of the workgroup size
     const random = rng(5);
     const base = randomArray(V, random, 3);
@@ -247,7 +267,7 @@ gpuTest(
           }).tokenId;
           cpuCounts.set(cpu, (cpuCounts.get(cpu) ?? 0) + 1);
         }
-        const ids = await gpuSample(gpu, logits, V, V, rows);
+        const ids = await draw(logits, V, V, rows);
         for (const id of ids) {
           assert(id < V, `id ${id} out of range`);
           gpuCounts.set(id, (gpuCounts.get(id) ?? 0) + 1);
@@ -268,12 +288,15 @@ gpuTest(
       const dGpu = bucketTvd(gpuCounts, weights, draws);
       const dCpu = bucketTvd(cpuCounts, weights, draws);
       assert(dCpu < 0.06, `${JSON.stringify(s)}: CPU draws are ${dCpu.toFixed(3)} from expected`);
-      assert(dGpu < 0.06, `${JSON.stringify(s)}: GPU draws are ${dGpu.toFixed(3)} from expected`);
+      assert(
+        dGpu < 0.06,
+        `${JSON.stringify(s)}: ${kernel} draws are ${dGpu.toFixed(3)} from expected`,
+      );
     }
   },
 );
 
-gpuTest("a GPU draw does not depend on the other rows of the batch", async (gpu) => {
+bothTest("a draw does not depend on the other rows of the batch", async (draw) => {
   const V = 4099;
   const random = rng(8);
   const target = randomArray(V, random, 2);
@@ -283,7 +306,7 @@ gpuTest("a GPU draw does not depend on the other rows of the batch", async (gpu)
     { promptIds: [], outputIds: [], eosTokenIds: [], validVocab: V },
     0.61803,
   );
-  const alone = await gpuSample(gpu, target, V, V, [row]);
+  const alone = await draw(target, V, V, [row]);
   const others = 9;
   const logits = new Float32Array((others + 1) * V);
   const rows: (RowSampling | null)[] = [];
@@ -303,12 +326,12 @@ gpuTest("a GPU draw does not depend on the other rows of the batch", async (gpu)
       );
     }
   }
-  const batched = await gpuSample(gpu, logits, V, V, rows);
+  const batched = await draw(logits, V, V, rows);
   assertEquals(batched[4], alone[0]);
   assertEquals(batched[0], 12345, "a CPU row (mode 0) is left alone");
 });
 
-gpuTest("a row with no finite logit gets the invalid id 0xffffffff", async (gpu) => {
+bothTest("a row with no finite logit gets the invalid id 0xffffffff", async (draw) => {
   const V = 300;
   const logits = new Float32Array(2 * V).fill(NaN);
   logits.fill(-Infinity, V);
@@ -324,6 +347,6 @@ gpuTest("a row with no finite logit gets the invalid id 0xffffffff", async (gpu)
     eosTokenIds: [],
     validVocab: V,
   }, 0.5);
-  const ids = await gpuSample(gpu, logits, V, V, [greedy, random]);
+  const ids = await draw(logits, V, V, [greedy, random]);
   assertEquals([...ids], [0xffffffff, 0xffffffff]);
 });

@@ -19,9 +19,11 @@ export const OUTPUT = new URL("engine/backends/wasm/kernels_wasm.ts", ROOT);
 const EXPORTS = [
   "run_step",
   "run_matmul",
+  "run_sample",
   "model_fields",
   "weight_fields",
   "layer_fields",
+  "sample_row_fields",
   "op_count",
   "__stack_pointer",
   "__heap_base",

@@ -57,6 +57,20 @@ export interface RowSampling {
   readonly mask?: Uint32Array;
 }
 
+/** Most logit edits (bias, masks, penalties) one step samples with on the device. */
+export const SAMPLE_EDIT_CAPACITY = 1 << 16;
+
+/** The row a "sample" sequence gets without sampling options: the greedy id. */
+export const GREEDY_ROW: RowSampling = {
+  greedy: true,
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  u: 0,
+  edits: [],
+};
+
 /** What `rowSampling` needs of a sequence besides its sampling parameters. */
 export interface RowContext {
   readonly promptIds: readonly number[];

@@ -41,6 +41,26 @@ typedef struct {
   float *v_cache;           // (slots, HKV, D)
 } Layer;
 
+// How one logit row picks its token: shaders/sample.wgsl's `Row`, packed by
+// engine/gpu/sampling.ts (packRows) for both backends.
+typedef struct SampleRow {
+  u32 mode;           // 0: the host samples from the logits (skip), 1: greedy, 2: random
+  float temperature;
+  u32 top_k;          // 0 (or ≥ valid_vocab): off
+  float top_p;        // ≥ 1: off
+  float min_p;        // 0: off
+  float u;            // uniform in [0, 1) from the request's key
+  u32 edit_start, edit_count;
+  u32 mask_row;       // the row's grammar mask in `masks`, or NONE
+  u32 pad[3];
+} SampleRow;
+
+// logit' = rep(logit + bias) − sub, rep(v) = v / rep when v > 0 else v · rep.
+typedef struct Edit {
+  u32 id;
+  float bias, rep, sub;
+} Edit;
+
 // Filled by wasm_runner.ts (MODEL_FIELDS there lists the same fields in order).
 typedef struct {
   u32 threads;
@@ -63,24 +83,32 @@ typedef struct {
   float *scratch;         // (threads, scratch_floats) per-thread attention scratch
   u32 scratch_floats;
   // The step, written by the main thread before waking the workers.
-  u32 tokens, rows, logit_rows, want_ids;
+  u32 tokens, rows, logit_rows;
+  u32 want_ids;           // 0: logits only, 1: argmax ids, 2: ids drawn per sample_rows
   const u32 *ids;         // (T)
   const u32 *positions;   // (T)
   const u32 *slots;       // (T) KV slot of each token
   const u32 *seq_of;      // (T) block-table row of each token
   const u32 *block_table; // (S, max_blocks)
   const u32 *out_rows;    // (R) token index of each output row
-  u32 *out_ids;           // (L_rows) argmax ids
+  u32 *out_ids;           // (L_rows) chosen ids
   // Barrier state and the next unclaimed work item of the current op (atomics).
   u32 bar_count, bar_gen, work;
   // Profiling (`--profile`): when set, thread 0 adds each op's milliseconds, from the
   // barrier before it to the barrier after it, to prof[op] (see enum Op).
   double *prof;
+  // Sampling on the worker threads (want_ids == 2): each logit row's SampleRow, the
+  // rows' logit edits, and the grammar masks (mask_words words per masked row).
+  const struct SampleRow *sample_rows;
+  const struct Edit *edits;
+  const u32 *masks;
+  u32 mask_words;
 } Model;
 
 u32 model_fields(void) { return sizeof(Model) / 4; }
 u32 weight_fields(void) { return sizeof(Weight) / 4; }
 u32 layer_fields(void) { return sizeof(Layer) / 4; }
+u32 sample_row_fields(void) { return sizeof(SampleRow) / 4; }
 
 // ---------------------------------------------------------------- threads
 
@@ -537,6 +565,139 @@ static void argmax(Model *m, u32 t) {
   }
 }
 
+
+enum { NONE = 0xffffffffu, INF_BITS = 0x7f800000u };
+
+// Whether grammar mask `mask_row` allows id i (every id without a mask).
+static inline int allowed(const Model *m, u32 mask_row, u32 i) {
+  if (mask_row == NONE) return 1;
+  return (m->masks[(size_t)mask_row * m->mask_words + (i >> 5)] >> (i & 31)) & 1;
+}
+
+// How many of w[0..n) have bits ≥ t (w non-negative, so bits order like the values).
+static u32 count_at_least(const float *w, u32 n, u32 t) {
+  v128_t c = wasm_i32x4_splat(0);
+  v128_t tv = wasm_i32x4_splat((int)t);
+  u32 i = 0;
+  for (; i + 4 <= n; i += 4) c = wasm_i32x4_sub(c, wasm_u32x4_ge(wasm_v128_load(w + i), tv));
+  u32 total = wasm_i32x4_extract_lane(c, 0) + wasm_i32x4_extract_lane(c, 1) +
+              wasm_i32x4_extract_lane(c, 2) + wasm_i32x4_extract_lane(c, 3);
+  for (; i < n; i++) total += __builtin_bit_cast(u32, w[i]) >= t;
+  return total;
+}
+
+// Sum of the w[0..n) with bits ≥ t, in one fixed order (four lanes, then the tail).
+static float mass_at_least(const float *w, u32 n, u32 t) {
+  v128_t m = wasm_f32x4_splat(0);
+  v128_t tv = wasm_i32x4_splat((int)t);
+  u32 i = 0;
+  for (; i + 4 <= n; i += 4) {
+    v128_t x = wasm_v128_load(w + i);
+    m = wasm_f32x4_add(m, wasm_v128_and(x, wasm_u32x4_ge(x, tv)));
+  }
+  float total = (wasm_f32x4_extract_lane(m, 0) + wasm_f32x4_extract_lane(m, 1)) +
+                (wasm_f32x4_extract_lane(m, 2) + wasm_f32x4_extract_lane(m, 3));
+  for (; i < n; i++) {
+    if (__builtin_bit_cast(u32, w[i]) >= t) total += w[i];
+  }
+  return total;
+}
+
+// The token of logit row r as its SampleRow says, by shaders/sample.wgsl's algorithm:
+// edits in place; the largest scaled logit (greedy's answer, ties → lowest id); weights
+// exp(l/T − max) in place (NaN, masked and padding ids weigh 0); top-k and top-p cuts
+// found by bisection on the weights' bit patterns; one draw in id order. NONE when the
+// row has no finite logit. A row's result depends on that row alone.
+static u32 sample_row(Model *m, u32 r) {
+  const SampleRow *p = &m->sample_rows[r];
+  float *row = m->logits + (size_t)r * m->vocab;
+  const u32 V = m->valid_vocab;
+  for (u32 e = 0; e < p->edit_count; e++) {
+    const Edit *ed = &m->edits[p->edit_start + e];
+    if (ed->id >= V) continue;
+    float v = row[ed->id] + ed->bias;
+    if (ed->rep != 1.0f) v = v > 0.0f ? v / ed->rep : v * ed->rep;
+    row[ed->id] = v - ed->sub;
+  }
+  const float inv_t = p->mode == 2 ? 1.0f / p->temperature : 1.0f;
+  float top = -3.4e38f;
+  u32 best = NONE;
+  for (u32 i = 0; i < V; i++) {
+    float v = row[i] * inv_t;
+    if (v > top && allowed(m, p->mask_row, i)) {
+      top = v;
+      best = i;
+    }
+  }
+  if (p->mode == 1 || best == NONE) return best;
+
+  const v128_t it = wasm_f32x4_splat(inv_t), tp = wasm_f32x4_splat(top);
+  const v128_t zero = wasm_f32x4_splat(0), floor = wasm_f32x4_splat(-87.0f);
+  u32 i = 0;
+  for (; i + 4 <= V; i += 4) {
+    v128_t x = wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(row + i), it), tp);
+    v128_t w = vexp(x);
+    // Kept: a weight ≥ 0 (not NaN) whose exponent did not underflow (vexp clamps there).
+    v128_t keep = wasm_v128_and(wasm_f32x4_ge(w, zero), wasm_f32x4_ge(x, floor));
+    wasm_v128_store(row + i, wasm_v128_and(w, keep));
+  }
+  for (; i < V; i++) {
+    float x = row[i] * inv_t - top;
+    float w = sexp(x);
+    row[i] = w >= 0.0f && x >= -87.0f ? w : 0.0f;
+  }
+  if (p->mask_row != NONE) {
+    for (u32 j = 0; j < V; j++) {
+      if (!allowed(m, p->mask_row, j)) row[j] = 0.0f;
+    }
+  }
+
+  u32 cut = 1;  // bits of the smallest weight kept (1: every non-zero weight)
+  if (p->top_k > 0 && p->top_k < V) {
+    u32 lo = 0, hi = INF_BITS;
+    while (hi - lo > 1) {
+      u32 mid = lo + (hi - lo) / 2;
+      if (count_at_least(row, V, mid) >= p->top_k) lo = mid;
+      else hi = mid;
+    }
+    if (lo > cut) cut = lo;
+  }
+  if (p->top_p < 1.0f) {
+    float want = p->top_p * mass_at_least(row, V, cut);
+    u32 lo = cut, hi = INF_BITS;
+    while (hi - lo > 1) {
+      u32 mid = lo + (hi - lo) / 2;
+      if (mass_at_least(row, V, mid) >= want) lo = mid;
+      else hi = mid;
+    }
+    cut = lo;
+  }
+
+  float total = 0.0f;
+  for (u32 j = 0; j < V; j++) {
+    float w = row[j];
+    if (__builtin_bit_cast(u32, w) >= cut && w >= p->min_p) total += w;
+  }
+  float goal = p->u * total, acc = 0.0f;
+  u32 pick = NONE;
+  for (u32 j = 0; j < V; j++) {
+    float w = row[j];
+    if (__builtin_bit_cast(u32, w) >= cut && w >= p->min_p) {
+      pick = j;
+      acc += w;
+      if (goal < acc) break;
+    }
+  }
+  return pick == NONE ? best : pick;
+}
+
+// ids[r] for every logit row whose SampleRow asks for one (mode 0 rows keep their logits).
+static void sample(Model *m, u32 t) {
+  for (u32 lo, hi; claim(m, m->logit_rows, 1, &lo, &hi);) for (u32 r = lo; r < hi; r++) {
+    if (m->sample_rows[r].mode != 0) m->out_ids[r] = sample_row(m, r);
+  }
+}
+
 // ---------------------------------------------------------------- the step
 
 // The host's clock in milliseconds (performance.now), read only when profiling.
@@ -545,7 +706,7 @@ extern double now_ms(void) __attribute__((import_module("env"), import_name("now
 // The ops of a step, in the order wasm_runner.ts's OPS names them.
 enum Op {
   OP_EMBED, OP_INPUT_NORM, OP_QKV, OP_ROTARY_KV, OP_ATTENTION, OP_O, OP_POST_NORM, OP_GATE_UP,
-  OP_DOWN, OP_FINAL_NORM, OP_LM_HEAD, OP_ARGMAX, OP_COUNT
+  OP_DOWN, OP_FINAL_NORM, OP_LM_HEAD, OP_ARGMAX, OP_SAMPLE, OP_COUNT
 };
 u32 op_count(void) { return OP_COUNT; }
 
@@ -591,12 +752,23 @@ void run_step(Model *m, u32 t) {
   if (m->logit_rows > 0) {
     matmul(m, t, m->lm_head, m->final_rows, H, m->logits, m->vocab, m->logit_rows, STORE);
     end_op(m, t, OP_LM_HEAD, &clock);
-    if (m->want_ids) {
+    if (m->want_ids == 1) {
       argmax(m, t);
       end_op(m, t, OP_ARGMAX, &clock);
+    } else if (m->want_ids == 2) {
+      sample(m, t);
+      end_op(m, t, OP_SAMPLE, &clock);
     }
   }
   // Every op ended at a barrier, which leaves the work counter at 0 for the next call.
+}
+
+// Sampling alone, over the logits already there: after a step's forward pass once its
+// grammar masks are ready, and for kernel tests.
+void run_sample(Model *m, u32 t) {
+  double clock = m->prof && t == 0 ? now_ms() : 0;
+  sample(m, t);
+  end_op(m, t, OP_SAMPLE, &clock);
 }
 
 // Matmul alone, for benchmarks and kernel tests: out (rows, w.n) = x (rows, w.k) · Wᵀ.

@@ -11,7 +11,7 @@
 import { KERNELS_WASM_BASE64 } from "./kernels_wasm.ts";
 
 /** The exported C functions a pool can run; each takes (ptr, thread, ...args). */
-const FUNCTIONS = ["run_step", "run_matmul"] as const;
+const FUNCTIONS = ["run_step", "run_matmul", "run_sample"] as const;
 export type KernelFunction = typeof FUNCTIONS[number];
 
 // Control block, i32 words.
@@ -74,7 +74,7 @@ export class WasmThreads {
   #fail: (e: Error) => void = () => {};
   #busy = false;
   /** Sizes of kernels.c's structs in u32 words, to check the TypeScript layouts against. */
-  structWords = { model: 0, weight: 0, layer: 0, ops: 0 };
+  structWords = { model: 0, weight: 0, layer: 0, sampleRow: 0, ops: 0 };
   #closed = false;
 
   private constructor(
@@ -107,6 +107,7 @@ export class WasmThreads {
       model: word("model_fields"),
       weight: word("weight_fields"),
       layer: word("layer_fields"),
+      sampleRow: word("sample_row_fields"),
       ops: word("op_count"),
     };
     pool.i32(pool.#control, CONTROL_WORDS)[THREADS] = threads;

@@ -2,7 +2,7 @@
  * The ERNIE-4.5 forward step on the CPU in WebAssembly SIMD with threads: the
  * same step semantics as the WebGPU runner (`engine/model_runner.ts`), with the
  * weights, the paged KV pool and the step buffers in one shared wasm memory and
- * the whole forward (embedding to argmax) in `kernels.c`.
+ * the whole step (embedding to the sampled ids) in `kernels.c`.
  *
  * @module
  */
@@ -17,11 +17,21 @@ import {
   type StepSeq,
 } from "../../runner.ts";
 import type { KernelCost, KernelProfile, KernelStat } from "../../gpu/profile.ts";
+import {
+  EDIT_BYTES,
+  GREEDY_ROW,
+  maskWords,
+  packMasks,
+  packRows,
+  ROW_BYTES,
+  type RowSampling,
+  SAMPLE_EDIT_CAPACITY,
+} from "../../gpu/sampling.ts";
 import { WasmThreads } from "./threads.ts";
 import { type PackedWeight, packWeight, WEIGHT_WORDS, writeWeight } from "./weights.ts";
 
 /** `Model` in kernels.c, field by field (u32 unless noted f32). */
-const MODEL_FIELDS = [
+export const MODEL_FIELDS = [
   "threads",
   "hidden",
   "inter",
@@ -65,9 +75,18 @@ const MODEL_FIELDS = [
   "bar_gen",
   "work",
   "prof",
+  "sample_rows",
+  "edits",
+  "masks",
+  "mask_words",
 ] as const;
-type ModelField = typeof MODEL_FIELDS[number];
-const F = Object.fromEntries(MODEL_FIELDS.map((f, i) => [f, i])) as Record<ModelField, number>;
+/** A field of kernels.c's `Model`. */
+export type ModelField = typeof MODEL_FIELDS[number];
+/** Word index of each `Model` field. */
+export const F = Object.fromEntries(MODEL_FIELDS.map((f, i) => [f, i])) as Record<
+  ModelField,
+  number
+>;
 const LAYER_WORDS = 4 + 4 * WEIGHT_WORDS;
 
 const GIB = 1024 ** 3;
@@ -84,7 +103,10 @@ interface StepBuffers {
   readonly seqOf: number; // (T) u32 block-table row of each token
   readonly blockTable: number; // (S, maxBlocks) u32
   readonly rows: number; // (R) u32 token index of each output row
-  readonly outIds: number; // (L) u32 argmax ids
+  readonly outIds: number; // (L) u32 chosen ids
+  readonly sampleRows: number; // (L) SampleRow (ROW_BYTES each)
+  readonly edits: number; // (SAMPLE_EDIT_CAPACITY) Edit
+  readonly masks: number; // (L, maskWords) u32 grammar bitsets of masked rows
   readonly logits: number; // (L, V) f32
   readonly final: number; // (R, H) f32 final-normed rows
 }
@@ -111,6 +133,7 @@ const OPS = [
   "final_norm",
   "lm_head",
   "argmax",
+  "sample",
 ] as const;
 type Op = typeof OPS[number];
 
@@ -189,6 +212,7 @@ function opCosts(s: ModelShape, w: OpWeightBytes, z: StepSizes): Record<Op, Kern
     final_norm: norm(R),
     lm_head: matmul(L, V, H, w.lmHead),
     argmax: { flops: 0, bytes: L * V * 4 },
+    sample: { flops: 0, bytes: L * V * 4 },
   };
 }
 
@@ -281,7 +305,8 @@ export class WasmRunner implements Runner {
     const sizes = pool.structWords;
     if (
       sizes.model !== MODEL_FIELDS.length || sizes.weight !== WEIGHT_WORDS ||
-      sizes.layer !== LAYER_WORDS || sizes.ops !== OPS.length
+      sizes.layer !== LAYER_WORDS || sizes.ops !== OPS.length ||
+      sizes.sampleRow * 4 !== ROW_BYTES
     ) {
       throw new Error(
         `wasm backend: kernels.c structs do not match wasm_runner.ts (${JSON.stringify(sizes)})`,
@@ -360,6 +385,9 @@ export class WasmRunner implements Runner {
       blockTable: u32(o.maxNumSeqs * o.maxBlocksPerSeq),
       rows: u32(maxRows),
       outIds: u32(maxLogitRows),
+      sampleRows: pool.alloc(maxLogitRows * ROW_BYTES),
+      edits: pool.alloc(SAMPLE_EDIT_CAPACITY * EDIT_BYTES),
+      masks: u32(maxLogitRows * maskWords(V)),
       logits: u32(maxLogitRows * V),
       final: u32(maxRows * H),
     };
@@ -399,6 +427,10 @@ export class WasmRunner implements Runner {
       block_table: buf.blockTable,
       out_rows: buf.rows,
       out_ids: buf.outIds,
+      sample_rows: buf.sampleRows,
+      edits: buf.edits,
+      masks: buf.masks,
+      mask_words: maskWords(V),
     };
     const words = pool.u32(model, MODEL_FIELDS.length);
     for (const [f, v] of Object.entries(fields)) words[F[f as ModelField]] = v;
@@ -454,9 +486,16 @@ export class WasmRunner implements Runner {
 
   /**
    * Runs one forward step over the scheduled sequences. Sample rows get argmax
-   * ids, or their full logits when `wantLogits` (for the CPU sampler).
+   * ids, or their full logits when `wantLogits` (for the CPU sampler). Otherwise
+   * each sample row is drawn on the worker threads as its `sampling` says (the
+   * algorithm of shaders/sample.wgsl), and only rows that ask for `"logits"` read
+   * theirs back.
    */
-  async step(seqs: readonly StepSeq[], wantLogits: boolean): Promise<StepResult> {
+  async step(
+    seqs: readonly StepSeq[],
+    wantLogits: boolean,
+    masksReady?: Promise<unknown>,
+  ): Promise<StepResult> {
     const o = this.options;
     const pool = this.pool;
     const b = this.#buf;
@@ -478,27 +517,98 @@ export class WasmRunner implements Runner {
     if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
     if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
     pool.u32(b.rows, R).set([...sampleRows, ...hiddenRows]);
+
+    // Per sample row: how the threads pick its token, or null when its logits come back.
+    const rowSampling: (RowSampling | null)[] = [];
+    const logitRows: number[] = [];
+    if (!wantLogits) {
+      for (const s of seqs) {
+        if (s.output !== "sample") continue;
+        if (s.sampling === "logits") logitRows.push(rowSampling.length);
+        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY_ROW);
+      }
+    }
+    const drawn = rowSampling.some((r) => r === null || !r.greedy || r.edits.length > 0 || r.mask);
+    if (drawn && !this.#packSampling(rowSampling)) {
+      // More logit edits than the step's buffer holds: this step samples on the host.
+      await masksReady;
+      return this.step(seqs, true);
+    }
+    const masked = rowSampling.some((r) => r?.mask !== undefined);
     const words = pool.u32(this.#model, MODEL_FIELDS.length);
     words[F.tokens] = T;
     words[F.rows] = R;
     words[F.logit_rows] = L;
-    words[F.want_ids] = wantLogits ? 0 : 1;
+    // Rows under a grammar are drawn once their masks are ready, after the forward pass.
+    words[F.want_ids] = wantLogits || masked ? 0 : drawn ? 2 : 1;
     if (T > 0) {
       const prof = this.#profile &&
         new Float64Array(pool.memory.buffer, this.#profile.at, OPS.length);
       prof?.fill(0);
       await pool.run("run_step", this.#model);
-      if (prof) this.#addProfile(prof, { tokens: T, rows: R, logitRows: L, keys: 0 }, !wantLogits);
+      if (masked) {
+        await masksReady;
+        packMasks(
+          rowSampling,
+          pool.u32(b.masks, L * maskWords(this.shape.vocabSize)),
+          maskWords(this.shape.vocabSize),
+        );
+        await pool.run("run_sample", this.#model);
+      }
+      if (prof) {
+        this.#addProfile(
+          prof,
+          { tokens: T, rows: R, logitRows: L, keys: 0 },
+          words[F.want_ids]!,
+          masked,
+        );
+      }
     }
     const { vocabSize: V, hiddenSize: H } = this.shape;
+    let logits: Float32Array | undefined;
+    let logitIndex: Int32Array | undefined;
+    if (wantLogits && L > 0) logits = pool.f32(b.logits, L * V).slice();
+    if (!wantLogits && L > 0) {
+      logitIndex = new Int32Array(L).fill(-1);
+      if (logitRows.length > 0) {
+        logits = new Float32Array(logitRows.length * V);
+        logitRows.forEach((row, k) => {
+          logits!.set(pool.f32(b.logits + row * V * 4, V), k * V);
+          logitIndex![row] = k;
+        });
+      }
+    }
     return {
       ids: L > 0 && !wantLogits ? pool.u32(b.outIds, L).slice() : undefined,
-      logits: L > 0 && wantLogits ? pool.f32(b.logits, L * V).slice() : undefined,
+      logits,
+      logitIndex,
       hidden: R > L ? pool.f32(b.final + L * H * 4, (R - L) * H).slice() : undefined,
     };
   }
 
-  #addProfile(ms: Float64Array, z: StepSizes, argmax: boolean): void {
+  /** Writes this step's sample rows and edits into the shared memory; false when they do not fit. */
+  #packSampling(rows: readonly (RowSampling | null)[]): boolean {
+    const b = this.#buf;
+    const rowData = new ArrayBuffer(Math.max(1, rows.length) * ROW_BYTES);
+    const edits = rows.reduce((n, r) => n + (r?.edits.length ?? 0), 0);
+    if (edits > SAMPLE_EDIT_CAPACITY) return false;
+    const editData = new ArrayBuffer(Math.max(1, edits) * EDIT_BYTES);
+    if (packRows(rows, rowData, editData, SAMPLE_EDIT_CAPACITY) < 0) return false;
+    new Uint8Array(this.pool.memory.buffer, b.sampleRows, rowData.byteLength).set(
+      new Uint8Array(rowData),
+    );
+    new Uint8Array(this.pool.memory.buffer, b.edits, editData.byteLength).set(
+      new Uint8Array(editData),
+    );
+    return true;
+  }
+
+  /** Samples rows on the worker threads from `StepSeq.sampling` (only ids come back). */
+  get deviceSampling(): boolean {
+    return true;
+  }
+
+  #addProfile(ms: Float64Array, z: StepSizes, wantIds: number, masked: boolean): void {
     const p = this.#profile!;
     const positions = this.pool.u32(this.#buf.positions, z.tokens);
     const keys = positions.reduce((n, pos) => n + pos + 1, 0);
@@ -506,12 +616,15 @@ export class WasmRunner implements Runner {
     const layers = this.shape.numLayers;
     p.ops.steps++;
     OPS.forEach((op, i) => {
-      if (
-        (op === "lm_head" && z.logitRows === 0) || (op === "argmax" && !(argmax && z.logitRows))
-      ) {
-        return;
-      }
-      const perLayer = !["embed", "final_norm", "lm_head", "argmax"].includes(op);
+      const ran = op === "lm_head"
+        ? z.logitRows > 0
+        : op === "argmax"
+        ? wantIds === 1 && z.logitRows > 0
+        : op === "sample"
+        ? (wantIds === 2 || masked) && z.logitRows > 0
+        : true;
+      if (!ran) return;
+      const perLayer = !["embed", "final_norm", "lm_head", "argmax", "sample"].includes(op);
       p.ops.add(op, perLayer ? layers : 1, ms[i]! / 1000, costs[op]);
     });
   }
