@@ -9,6 +9,7 @@ import type { OursFigures, RunFigures } from "./_e2e.ts";
 import type { MemoryFigures } from "./_memory.ts";
 import type { Workload } from "./_workload.ts";
 import type { BandwidthFigures } from "./_bandwidth.ts";
+import type { NativeFigures } from "./_native.ts";
 
 /** The parts of bench/results.json the table shows. */
 export interface TableInput {
@@ -31,6 +32,8 @@ export interface TableInput {
       | null;
     readonly oursOverNodeLlamaCpp: number | null;
     readonly agreement: Record<string, unknown> | null;
+    readonly nativeLlamaCpp: NativeFigures | { readonly error: string } | null;
+    readonly oursOverNativeLlamaCpp: number | null;
   };
   readonly memory: readonly MemoryFigures[] | null;
 }
@@ -90,6 +93,9 @@ export function printTable(r: TableInput): void {
     })`
     : "node-llama-cpp";
   const oursName = ours ? `batchwright (${ours.backend})` : "batchwright";
+  const native = r.e2e.nativeLlamaCpp;
+  const nativeOk = native !== null && !("error" in native) ? native : null;
+  const nativeRow = (n: number) => nativeOk?.rows.find((x) => x.sequences === n);
   const tps = (f?: RunFigures | null) => (f ? f.tokensPerSecond.toFixed(1) : null);
   out.push(...render([
     [
@@ -108,6 +114,22 @@ export function printTable(r: TableInput): void {
       r.e2e.oursOverNodeLlamaCpp === null ? null : `${r.e2e.oursOverNodeLlamaCpp}×`,
       "",
     ],
+    ...(nativeRow(w.sequences)
+      ? [
+        [
+          `  native llama.cpp ${nativeOk!.commit ?? ""} (built here, -march=native, ${
+            nativeOk!.threads
+          } threads)`,
+          nativeRow(w.sequences)!.tokensPerSecond.toFixed(1),
+          nativeRow(w.sequences)!.seconds,
+        ],
+        [
+          "  batchwright / native llama.cpp (the issue asks ≥ 0.25)",
+          r.e2e.oursOverNativeLlamaCpp === null ? null : `${r.e2e.oursOverNativeLlamaCpp}×`,
+          "",
+        ],
+      ]
+      : []),
   ]));
   out.push("");
   out.push(...render([
@@ -129,6 +151,17 @@ export function printTable(r: TableInput): void {
       tps(peerOk?.oneAtATime),
       peerOk ? `${peerOk.batchingOverOneAtATime}×` : null,
     ],
+    ...(nativeRow(w.batchingSequences) && nativeRow(1)
+      ? [[
+        "  native llama.cpp",
+        nativeRow(w.batchingSequences)!.tokensPerSecond.toFixed(1),
+        nativeRow(1)!.tokensPerSecond.toFixed(1),
+        `${
+          (nativeRow(w.batchingSequences)!.tokensPerSecond / nativeRow(1)!.tokensPerSecond)
+            .toFixed(2)
+        }×`,
+      ]]
+      : []),
   ]));
   const a = r.e2e.agreement;
   if (a) {
@@ -139,6 +172,7 @@ export function printTable(r: TableInput): void {
     );
   }
   if (peer && "error" in peer) out.push("", `node-llama-cpp: ${peer.error}`);
+  if (native && "error" in native) out.push("", `native llama.cpp: ${native.error}`);
   if (r.memory) {
     out.push("");
     out.push(...render([

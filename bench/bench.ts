@@ -16,7 +16,8 @@
  *  4. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
  * It prints one table and writes every figure to bench/results.json.
  *
- * Flags: --quick (smaller runs), --skip=kernels,bandwidth,e2e,peer,memory,structured,
+ * Flags: --quick (smaller runs), --skip=kernels,bandwidth,e2e,peer,native,memory,structured,
+ * --native (build native llama.cpp from node-llama-cpp's bundled source when no build is there),
  * --backend=auto|webgpu|wasm (the end-to-end backend; default auto),
  * --peer-threads=N (node-llama-cpp's threads; default its cpuMathCores, the physical cores).
  *
@@ -47,6 +48,7 @@ import { wasmMatmulGflops } from "../engine/backends/wasm/matmul.ts";
 import { FULL_WORKLOAD, PHASE, prompts, QUICK_WORKLOAD } from "./_workload.ts";
 import { machineFacts } from "./_machine.ts";
 import { type BandwidthFigures, gemvBandwidth, numpyGemvGBs } from "./_bandwidth.ts";
+import { buildNative, haveNative, type NativeFigures, runNative } from "./_native.ts";
 import { printTable } from "./_table.ts";
 
 const { values: flags } = parseArgs({
@@ -56,6 +58,7 @@ const { values: flags } = parseArgs({
     skip: { type: "string" },
     backend: { type: "string", default: "auto" },
     "peer-threads": { type: "string" },
+    native: { type: "boolean" },
   },
 });
 const quick = flags.quick === true;
@@ -212,6 +215,31 @@ if (!skip.has("peer")) {
   }
 }
 
+// --- 2b. native llama.cpp built on this machine (the issue's "a quarter of native") ---
+let native: NativeFigures | { error: string } | null = null;
+if (!skip.has("native") && (flags.native === true || await haveNative())) {
+  try {
+    if (!(await haveNative())) {
+      await installPeer();
+      await buildNative();
+    }
+    const gguf = join(TMP, "ernie-0.3b-random.gguf");
+    await ensureGguf(MODEL_DIR, gguf);
+    native = await runNative(gguf, workload);
+    console.log(
+      `native llama.cpp (${native.commit}, ${native.threads} threads): ` +
+        native.rows.map((r) => `${r.tokensPerSecond} tok/s at ${r.sequences}`).join(", "),
+    );
+  } catch (e) {
+    native = { error: (e as Error).message };
+    console.log(`native llama.cpp not measured: ${(e as Error).message}`);
+  }
+} else if (!skip.has("native")) {
+  console.log(
+    "native llama.cpp: no build in bench/tmp/llama.cpp (`deno task bench --native` builds one)",
+  );
+}
+
 /**
  * Greedy tokens of ours and of the peer on the tiny model, whose GGUF keeps
  * only the tokenizer's rows (ours never picks padding rows; llama.cpp would).
@@ -321,6 +349,11 @@ const results = {
       ? +(ours.headline.tokensPerSecond / peerFigures.headline.tokensPerSecond).toFixed(3)
       : null,
     agreement,
+    nativeLlamaCpp: native,
+    oursOverNativeLlamaCpp: ours && native && !("error" in native)
+      ? +(ours.headline.tokensPerSecond /
+        native.rows.find((r) => r.sequences === workload.sequences)!.tokensPerSecond).toFixed(3)
+      : null,
   },
   memory,
   structuredOutput,
