@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { setImmediate } from "node:timers";
 import { basename, resolve } from "node:path";
 import { Gpu, NoGpuError } from "./gpu/device.ts";
 import { chooseKernelClass, chooseKvCacheDtype } from "./gpu/registry.ts";
@@ -600,7 +601,9 @@ export class Engine {
         }
       }
       this.stats.preemptions = this.#scheduler.preemptions;
-      await new Promise((r) => setTimeout(r, 0)); // let new requests in between steps
+      // Let new requests in between steps: one turn of the event loop (setImmediate; a
+      // setTimeout(0) here cost 2.2 ms a step, the timer clamp, more than a GPU step).
+      await new Promise((r) => setImmediate(r));
     }
   }
 
