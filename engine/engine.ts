@@ -230,6 +230,8 @@ interface SeqState {
   readonly reject: (e: unknown) => void;
   readonly seed: number;
   readonly text?: OutputText;
+  /** Ids appended whose text is not yet pushed: detokenized while the next step runs. */
+  readonly pendingText: number[];
   readonly logprobs: StepLogprobs[];
   readonly hiddenSum?: Float64Array;
   hiddenCount: number;
@@ -263,6 +265,8 @@ export class Engine {
   /** The same ids as a list, for the sampler's min_tokens mask. */
   readonly #eosList: readonly number[];
   #loop: Promise<void> | null = null;
+  /** Sequences with ids appended whose text is not yet pushed. */
+  readonly #pendingText = new Set<Sequence<SeqState>>();
   /** Compiles response formats; created by the first constrained request. */
   #grammars: Promise<GrammarEngine> | null = null;
   /** Token masks computed for constrained requests, and the time they took. */
@@ -555,6 +559,7 @@ export class Engine {
             promptIds: req.promptIds,
           })
           : undefined,
+        pendingText: [],
         logprobs: [],
         hiddenSum: kind === "embed" ? new Float64Array(this.config.hiddenSize) : undefined,
         hiddenCount: 0,
@@ -605,6 +610,7 @@ export class Engine {
       // setTimeout(0) here cost 2.2 ms a step, the timer clamp, more than a GPU step).
       await new Promise((r) => setImmediate(r));
     }
+    this.#pushPendingText();
   }
 
   async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
@@ -637,6 +643,10 @@ export class Engine {
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
+    // The step is submitted: the previous step's tokens are detokenized (and matched
+    // against stop strings) while it runs. A sequence that a stop string ends here is
+    // also in this step; its row is dropped when the step returns.
+    this.#pushPendingText();
     try {
       for (const { seq, sample } of items) {
         const g = seq.state!.grammar;
@@ -664,6 +674,8 @@ export class Engine {
       }
       if (out === "sample") {
         const row = sampleRow++;
+        // Ended while the step ran (a stop string found in its text, or aborted).
+        if (seq.status === "finished") continue;
         this.stats.generatedTokens++;
         const logitRow = result.logitIndex ? result.logitIndex[row]! : result.logits ? row : -1;
         const id = logitRow >= 0
@@ -689,6 +701,10 @@ export class Engine {
         this.#accept(seq, id);
       } else {
         const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
+        if (seq.status === "finished") {
+          hiddenRow += rows;
+          continue;
+        }
         for (let r = 0; r < rows; r++, hiddenRow++) {
           const h = result.hidden!.subarray(hiddenRow * H, (hiddenRow + 1) * H);
           for (let c = 0; c < H; c++) st.hiddenSum![c]! += h[c]!;
@@ -756,17 +772,45 @@ export class Engine {
     return r.tokenId;
   }
 
-  /** Appends a sampled id and finishes the sequence when a stop condition holds. */
+  /**
+   * Appends a sampled id and finishes the sequence when an end id or a length limit
+   * says so. Its text (and the stop strings) follow in {@linkcode #pushPendingText},
+   * while the next step runs, or at once when the sequence ends here.
+   */
   #accept(seq: Sequence<SeqState>, id: number): void {
     const p = seq.request.sampling;
     const st = seq.state!;
     const isEos = (!p.ignoreEos && this.#eos.has(id)) || p.stopTokenIds.includes(id);
-    if (isEos && seq.numOutputTokens >= p.minTokens) return this.#finish(seq, "stop", id);
-    seq.appendToken(id);
-    if (st.text!.push(id)) return this.#finish(seq, "stop");
-    if (seq.numOutputTokens >= p.maxTokens || seq.numTokens >= this.maxModelLen) {
-      this.#finish(seq, "length");
+    if (isEos && seq.numOutputTokens >= p.minTokens) {
+      if (!this.#pushText(seq)) this.#finish(seq, "stop", id);
+      return;
     }
+    seq.appendToken(id);
+    st.pendingText.push(id);
+    this.#pendingText.add(seq);
+    if (seq.numOutputTokens >= p.maxTokens || seq.numTokens >= this.maxModelLen) {
+      if (!this.#pushText(seq)) this.#finish(seq, "length");
+    }
+  }
+
+  /** Pushes a sequence's pending ids into its text; true when a stop string ended it. */
+  #pushText(seq: Sequence<SeqState>): boolean {
+    const st = seq.state!;
+    const ids = st.pendingText.splice(0);
+    this.#pendingText.delete(seq);
+    if (seq.status === "finished") return false;
+    for (const id of ids) {
+      if (st.text!.push(id)) {
+        this.#finish(seq, "stop");
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** The text of every sequence with pending ids (see {@linkcode #accept}). */
+  #pushPendingText(): void {
+    for (const seq of [...this.#pendingText]) this.#pushText(seq);
   }
 
   /**

@@ -422,8 +422,9 @@ export class ModelRunner implements Runner {
       if (gpu.failure) throw gpu.failure;
       return {};
     }
-    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes).catch((e: Error) => {
-      throw gpu.failure ?? new Error(`Reading the step's results back failed: ${e.message}`);
+    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes).catch(async (e: Error) => {
+      throw (await gpu.failureAfter()) ??
+        new Error(`Reading the step's results back failed: ${e.message}`);
     });
     if (gpu.failure) {
       this.#staging.unmap();

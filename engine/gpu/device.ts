@@ -93,6 +93,21 @@ export class Gpu {
     this.#failure ??= new Error(message);
   }
 
+  /**
+   * The device's failure once a lost device has had up to `ms` to say so: work on a
+   * destroyed device can fail (a validation error, a rejected mapping) before the
+   * device's `lost` promise settles, and the loss is the error worth reporting.
+   */
+  async failureAfter(ms = 250): Promise<Error | null> {
+    if (this.#failure === null) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waited = new Promise((r) => (timer = setTimeout(r, ms)));
+      await Promise.race([this.device.lost, waited]);
+      clearTimeout(timer);
+    }
+    return this.#failure;
+  }
+
   /** Whether shaders may use f16 (`enable f16;`): the device has `shader-f16`. */
   get hasF16(): boolean {
     return this.device.features.has("shader-f16");
@@ -315,6 +330,11 @@ export class Gpu {
   async popErrorScopes(what: string, remedy?: string): Promise<void> {
     const validation = await this.device.popErrorScope();
     const oom = await this.device.popErrorScope();
+    if (oom || validation) {
+      // On a lost device the loss is the cause of whatever failed.
+      const lost = await this.failureAfter();
+      if (lost) throw new Error(`${what}: ${lost.message}`);
+    }
     if (oom) {
       throw new Error(
         `${what}: the GPU is out of memory (${oom.message})${remedy ? `; ${remedy}` : ""}`,
