@@ -13,6 +13,7 @@ import { Engine } from "../engine/engine.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
 import type { KernelStat } from "../engine/gpu/profile.ts";
 import { PHASE, prompts } from "./_workload.ts";
+import { pythonNumber } from "./_kernels.ts";
 
 /** One matmul op of the decode profile. */
 export interface GemvOp {
@@ -45,13 +46,7 @@ w = np.ones((32768, 4096), dtype=np.float32); x = np.ones(4096, dtype=np.float32
 w @ x
 best = min((lambda t0: (w @ x, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
 print(w.nbytes / best / 1e9)`;
-  try {
-    const out = await new Deno.Command("python3", { args: ["-c", script], stderr: "null" })
-      .output();
-    return out.success ? Number(new TextDecoder().decode(out.stdout).trim()) : null;
-  } catch {
-    return null;
-  }
+  return await pythonNumber(script);
 }
 
 const MATMULS = ["qkv", "o_proj", "gate_up", "down", "lm_head"];

@@ -101,6 +101,11 @@ x @ w.T
 n, t0 = 0, time.perf_counter()
 while time.perf_counter() - t0 < 0.5: x @ w.T; n += 1
 print(2 * ${M} * ${N} * ${K} * n / (time.perf_counter() - t0) / 1e9)`;
+  return await pythonNumber(script);
+}
+
+/** The number a python3 script prints, or null without python3 (or numpy). */
+export async function pythonNumber(script: string): Promise<number | null> {
   try {
     const out = await new Deno.Command("python3", { args: ["-c", script], stderr: "null" })
       .output();

@@ -9,7 +9,6 @@
 import type { Gpu } from "./gpu/device.ts";
 import {
   EDIT_BYTES,
-  GREEDY_ROW,
   maskWords,
   packMasks,
   packRows,
@@ -49,6 +48,7 @@ import {
   layoutStep,
   type Runner,
   type RunnerOptions,
+  sampleRowsOf,
   type StepResult,
   type StepSeq,
 } from "./runner.ts";
@@ -306,15 +306,9 @@ export class ModelRunner implements Runner {
     const device = !wantLogits && this.#sampling !== undefined;
     // Per sample row (the "sample" sequences in order): how the device picks its token,
     // or null for a row whose logits come back to the host.
-    const rowSampling: (RowSampling | null)[] = [];
-    const logitRows: number[] = []; // sample rows whose logits come back
-    if (device) {
-      for (const s of seqs) {
-        if (s.output !== "sample") continue;
-        if (s.sampling === "logits") logitRows.push(rowSampling.length);
-        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY_ROW);
-      }
-    }
+    const { rows: rowSampling, logitRows } = device
+      ? sampleRowsOf(seqs)
+      : { rows: [], logitRows: [] }; // logitRows: sample rows whose logits come back
     const ids = host.ids.subarray(0, T);
     const positions = host.positions.subarray(0, T);
     const slots = host.slots.subarray(0, T);

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { RowSampling } from "./gpu/sampling.ts";
+import { GREEDY_ROW, type RowSampling } from "./gpu/sampling.ts";
 import type { KernelProfile } from "./gpu/profile.ts";
 
 /** Capacities fixed when a runner is created; nothing is allocated per step. */
@@ -162,4 +162,31 @@ export function layoutStep(
     }
   });
   return { numTokens: T, sampleRows, hiddenRows };
+}
+
+/**
+ * How a device-sampling runner treats each "sample" row of a step, in order: the
+ * row's draw (the greedy row when a sequence gives none), or null for a row whose
+ * logits go back to the host; `logitRows` lists those rows' indices.
+ *
+ * @example
+ * ```ts
+ * const { rows, logitRows } = sampleRowsOf([
+ *   { tokens: [1], start: 0, blockTable: [0], output: "sample" },
+ *   { tokens: [2], start: 0, blockTable: [1], output: "sample", sampling: "logits" },
+ * ]);
+ * console.log(rows[0]?.greedy, rows[1], logitRows); // true null [1]
+ * ```
+ */
+export function sampleRowsOf(
+  seqs: readonly StepSeq[],
+): { rows: (RowSampling | null)[]; logitRows: number[] } {
+  const rows: (RowSampling | null)[] = [];
+  const logitRows: number[] = [];
+  for (const s of seqs) {
+    if (s.output !== "sample") continue;
+    if (s.sampling === "logits") logitRows.push(rows.length);
+    rows.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY_ROW);
+  }
+  return { rows, logitRows };
 }

@@ -13,13 +13,13 @@ import {
   layoutStep,
   type Runner,
   type RunnerOptions,
+  sampleRowsOf,
   type StepResult,
   type StepSeq,
 } from "../../runner.ts";
 import type { KernelCost, KernelProfile, KernelStat } from "../../gpu/profile.ts";
 import {
   EDIT_BYTES,
-  GREEDY_ROW,
   maskWords,
   packMasks,
   packRows,
@@ -519,15 +519,9 @@ export class WasmRunner implements Runner {
     pool.u32(b.rows, R).set([...sampleRows, ...hiddenRows]);
 
     // Per sample row: how the threads pick its token, or null when its logits come back.
-    const rowSampling: (RowSampling | null)[] = [];
-    const logitRows: number[] = [];
-    if (!wantLogits) {
-      for (const s of seqs) {
-        if (s.output !== "sample") continue;
-        if (s.sampling === "logits") logitRows.push(rowSampling.length);
-        rowSampling.push(s.sampling === "logits" ? null : s.sampling ?? GREEDY_ROW);
-      }
-    }
+    const { rows: rowSampling, logitRows } = wantLogits
+      ? { rows: [], logitRows: [] }
+      : sampleRowsOf(seqs);
     const drawn = rowSampling.some((r) => r === null || !r.greedy || r.edits.length > 0 || r.mask);
     if (drawn && !this.#packSampling(rowSampling)) {
       // More logit edits than the step's buffer holds: this step samples on the host.
