@@ -259,13 +259,14 @@ Deno.test("backend auto runs wasm on a software or fallback adapter or without o
   await engine.close();
 });
 
-Deno.test("wasm logits are bit-identical on 1, 2 and 3 threads", async () => {
+Deno.test("wasm logits are bit-identical on 1, 2, 3 and 8 threads, many rows and one", async () => {
   const r = rng(31);
   const prompts = [9, 40, 3].map((n) =>
     Array.from({ length: n }, () => 3 + Math.floor(r() * 2000))
   );
   const logits: number[][] = [];
-  for (const threads of [1, 2, 3]) {
+  const threadCounts = [1, 2, 3, 8]; // 8: a GEMV's panels are claimed four at a time
+  for (const threads of threadCounts) {
     const runner = await makeWasmRunner("models/ernie-tiny", {}, threads);
     const res = await runner.step(
       prompts.map((tokens, i) => ({
@@ -276,11 +277,17 @@ Deno.test("wasm logits are bit-identical on 1, 2 and 3 threads", async () => {
       })),
       true,
     );
-    logits.push([...res.logits!]);
+    // One token alone: every matmul at M = 1.
+    const one = await runner.step(
+      [{ tokens: [prompts[0]![0]!], start: 0, blockTable: [9], output: "sample" }],
+      true,
+    );
+    logits.push([...res.logits!, ...one.logits!]);
     runner.destroy();
   }
-  assertEquals(logits[1], logits[0], "2 threads vs 1");
-  assertEquals(logits[2], logits[0], "3 threads vs 1");
+  threadCounts.forEach((threads, i) => {
+    assertEquals(logits[i], logits[0], `${threads} threads vs 1`);
+  });
 });
 
 Deno.test("wasmLimits fit the 0.3B model in 4 GiB and refuse one whose weights do not fit", () => {

@@ -418,7 +418,11 @@ static inline __attribute__((always_inline)) void matmul_panel(const int BF, con
 static inline __attribute__((always_inline)) void matmul_bf(const int BF, Model *m, const Weight *w,
                                                             const float *x, u32 ldx, float *out,
                                                             u32 ldo, u32 rows, int mode) {
-  u32 chunk = rows >= 16 ? 1 : rows >= 4 ? 4 : 16;  // panels per claim
+  // Panels per claim: one for many rows; for a few rows (gemv4 takes panels four at a
+  // time) up to 16, but small enough that every thread of a many-core machine gets work
+  // (an N = 1024 GEMV has 128 panels).
+  u32 few = w->panels / (4 * m->threads) & ~3u;
+  u32 chunk = rows >= 16 ? 1 : rows >= 4 ? 4 : few < 4 ? 4 : few > 16 ? 16 : few;
   // A lone last row (M = 1, 5, 9, ...) goes through gemv4, four panels at a time.
   u32 tiled = rows % TILE_ROWS == 1 ? rows - 1 : rows;
   const float *xl = x + tiled * ldx;
