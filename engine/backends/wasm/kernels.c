@@ -474,22 +474,88 @@ static void rotary_kv(Model *m, u32 t, const Layer *l) {
   }
 }
 
-enum { CHUNK = 32 };
+enum { CHUNK = 64 };  // keys per online-softmax step (wasm_runner.ts sizes the scratch for it)
+
+// Scores of one key for NB query heads at once: NB independent multiply-add chains
+// instead of one, each summed as `dot` sums it. The queries are interleaved four
+// lanes at a time, qt[(d / 4) · G + h] (G heads), so every query load is one pointer
+// plus a constant offset (D a multiple of 4).
+static inline __attribute__((always_inline)) void head_scores(const int NB, const float *qt, u32 G,
+                                                              u32 D, const float *k, float *out) {
+  v128_t a[8];
+#pragma clang loop unroll(full)
+  for (int b = 0; b < NB; b++) a[b] = wasm_f32x4_splat(0);
+  const float *qp = qt;
+  const float *kp = k;
+  for (u32 d = 0; d < D; d += 4) {
+    v128_t kv = wasm_v128_load(kp);
+#pragma clang loop unroll(full)
+    for (int b = 0; b < NB; b++) a[b] = wasm_f32x4_relaxed_madd(wasm_v128_load(qp + 4 * b), kv, a[b]);
+    qp += 4 * G;
+    OPAQUE(qp);
+    kp += 4;
+    OPAQUE(kp);
+  }
+#pragma clang loop unroll(full)
+  for (int b = 0; b < NB; b++) {
+    out[b * CHUNK] = (wasm_f32x4_extract_lane(a[b], 0) + wasm_f32x4_extract_lane(a[b], 1)) +
+                     (wasm_f32x4_extract_lane(a[b], 2) + wasm_f32x4_extract_lane(a[b], 3));
+  }
+}
+
+// a[0..D) += Σ_j p[j] · v[j][0..D) over the chunk's keys in order, eight vectors of a
+// held in registers across the keys (each element sees the same multiply-adds in the
+// same order as one key at a time).
+static void accumulate(float *a, const float *p, const float *const *v, u32 n, u32 D) {
+  u32 d = 0;
+  for (; d + 32 <= D; d += 32) {
+    v128_t r[8];
+#pragma clang loop unroll(full)
+    for (int b = 0; b < 8; b++) r[b] = wasm_v128_load(a + d + 4 * b);
+    for (u32 j = 0; j < n; j++) {
+      v128_t pv = wasm_f32x4_splat(p[j]);
+      const float *vj = v[j] + d;
+#pragma clang loop unroll(full)
+      for (int b = 0; b < 8; b++) {
+        r[b] = wasm_f32x4_relaxed_madd(pv, wasm_v128_load(vj + 4 * b), r[b]);
+      }
+    }
+#pragma clang loop unroll(full)
+    for (int b = 0; b < 8; b++) wasm_v128_store(a + d + 4 * b, r[b]);
+  }
+  for (; d + 4 <= D; d += 4) {
+    v128_t r = wasm_v128_load(a + d);
+    for (u32 j = 0; j < n; j++) {
+      r = wasm_f32x4_relaxed_madd(wasm_f32x4_splat(p[j]), wasm_v128_load(v[j] + d), r);
+    }
+    wasm_v128_store(a + d, r);
+  }
+  for (; d < D; d++) {
+    for (u32 j = 0; j < n; j++) a[d] = fmadd(p[j], v[j][d], a[d]);
+  }
+}
 
 // Causal attention of one token for all query heads of one KV head, in chunks of
 // CHUNK keys with an online softmax; keys read through the sequence's block table.
+// Each key's scores are taken for eight heads at once and each head's values are
+// summed with its accumulator in registers; every sum runs in the same order as one
+// head and one key at a time, so a token's result is bit-identical however it is
+// batched, decoded or prefilled.
 static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
   u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, G = HQ / HKV;
   u32 width = (HQ + 2 * HKV) * D;
-  float *q = scratch;             // (G, D) scaled queries
+  float *q = scratch;             // (G, D) scaled queries; (D / 4, G, 4) when D % 4 == 0
   float *acc = q + G * D;         // (G, D)
   float *s = acc + G * D;         // (G, CHUNK) scores, then probabilities
   float *mx = s + G * CHUNK;      // (G) running max
   float *sum = mx + G;            // (G) running denominator
   const float *qsrc = m->qkv + i * width + g * G * D;
-  for (u32 e = 0; e < G * D; e++) {
-    q[e] = qsrc[e] * m->attn_scale;
-    acc[e] = 0;
+  const int simd = D % 4 == 0;
+  for (u32 h = 0; h < G; h++) {
+    for (u32 d = 0; d < D; d++) {
+      q[simd ? ((d / 4) * G + h) * 4 + d % 4 : h * D + d] = qsrc[h * D + d] * m->attn_scale;
+      acc[h * D + d] = 0;
+    }
   }
   for (u32 h = 0; h < G; h++) {
     mx[h] = -3.0e38f;
@@ -501,19 +567,46 @@ static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
   const float *vrow[CHUNK];
   for (u32 c0 = 0; c0 < len; c0 += CHUNK) {
     u32 n = len - c0 < CHUNK ? len - c0 : CHUNK;
-    for (u32 j = 0; j < n; j++) {
-      u32 pos = c0 + j;
-      size_t base = ((size_t)(table[pos / B] * B + pos % B) * HKV + g) * D;
+    // Consecutive keys: one block-table lookup per block, not a division per key.
+    u32 blk = c0 / B, off = c0 % B;
+    for (u32 j = 0; j < n; j++, off++) {
+      if (off == B) {
+        blk++;
+        off = 0;
+      }
+      size_t base = ((size_t)(table[blk] * B + off) * HKV + g) * D;
       const float *k = l->k_cache + base;
       vrow[j] = l->v_cache + base;
-      for (u32 h = 0; h < G; h++) s[h * CHUNK + j] = dot(q + h * D, k, D);
+      u32 h = 0;
+      if (simd) {
+        for (; h + 8 <= G; h += 8) head_scores(8, q + 4 * h, G, D, k, s + h * CHUNK + j);
+        for (; h + 4 <= G; h += 4) head_scores(4, q + 4 * h, G, D, k, s + h * CHUNK + j);
+        for (; h < G; h++) head_scores(1, q + 4 * h, G, D, k, s + h * CHUNK + j);
+      } else {
+        for (; h < G; h++) s[h * CHUNK + j] = dot(q + h * D, k, D);
+      }
     }
     for (u32 h = 0; h < G; h++) {
       float *sh = s + h * CHUNK;
-      float mnew = mx[h];
-      for (u32 j = 0; j < n; j++) mnew = sh[j] > mnew ? sh[j] : mnew;
-      float total = 0;
-      for (u32 j = 0; j < n; j++) {
+      // The chunk's max and the sum of its weights, four lanes at a time, then the tail.
+      v128_t m4 = wasm_f32x4_splat(mx[h]);
+      u32 j = 0;
+      for (; j + 4 <= n; j += 4) m4 = wasm_f32x4_pmax(m4, wasm_v128_load(sh + j));
+      float lanes[4];
+      wasm_v128_store(lanes, m4);
+      float mnew = lanes[0];
+      for (int lane = 1; lane < 4; lane++) mnew = lanes[lane] > mnew ? lanes[lane] : mnew;
+      for (; j < n; j++) mnew = sh[j] > mnew ? sh[j] : mnew;
+      const v128_t mv = wasm_f32x4_splat(mnew);
+      v128_t t4 = wasm_f32x4_splat(0);
+      for (j = 0; j + 4 <= n; j += 4) {
+        v128_t e = vexp(wasm_f32x4_sub(wasm_v128_load(sh + j), mv));
+        wasm_v128_store(sh + j, e);
+        t4 = wasm_f32x4_add(t4, e);
+      }
+      float total = (wasm_f32x4_extract_lane(t4, 0) + wasm_f32x4_extract_lane(t4, 1)) +
+                    (wasm_f32x4_extract_lane(t4, 2) + wasm_f32x4_extract_lane(t4, 3));
+      for (; j < n; j++) {
         sh[j] = sexp(sh[j] - mnew);
         total += sh[j];
       }
@@ -522,20 +615,7 @@ static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
       mx[h] = mnew;
       float *a = acc + h * D;
       for (u32 d = 0; d < D; d++) a[d] *= corr;
-    }
-    for (u32 j = 0; j < n; j++) {
-      const float *v = vrow[j];
-      for (u32 h = 0; h < G; h++) {
-        float p = s[h * CHUNK + j];
-        float *a = acc + h * D;
-        v128_t pv = wasm_f32x4_splat(p);
-        u32 d = 0;
-        for (; d + 4 <= D; d += 4) {
-          wasm_v128_store(a + d, wasm_f32x4_relaxed_madd(pv, wasm_v128_load(v + d),
-                                                         wasm_v128_load(a + d)));
-        }
-        for (; d < D; d++) a[d] = fmadd(p, v[d], a[d]);
-      }
+      accumulate(a, sh, vrow, n, D);
     }
   }
   float *out = m->attn + i * HQ * D + g * G * D;

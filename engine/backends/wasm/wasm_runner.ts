@@ -375,7 +375,8 @@ export class WasmRunner implements Runner {
     const maxRows = Math.max(o.maxNumSeqs, T);
     const maxLogitRows = Math.min(o.maxNumSeqs, wasmLimits(s).maxLogitRows);
     const G = HQ / HKV;
-    const scratchFloats = Math.max(D, 2 * G * D + G * 32 + 2 * G) + 16;
+    // kernels.c's attend: queries and accumulators (G, D), scores (G, CHUNK = 64), max and sum (G).
+    const scratchFloats = Math.max(D, 2 * G * D + G * 64 + 2 * G) + 16;
     const u32 = (n: number) => pool.alloc(Math.max(1, n) * 4);
     const buf = {
       ids: u32(T),
