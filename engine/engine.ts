@@ -799,11 +799,17 @@ export class Engine {
     const ids = st.pendingText.splice(0);
     this.#pendingText.delete(seq);
     if (seq.status === "finished") return false;
-    for (const id of ids) {
-      if (st.text!.push(id)) {
-        this.#finish(seq, "stop");
-        return true;
+    try {
+      for (const id of ids) {
+        if (st.text!.push(id)) {
+          this.#finish(seq, "stop");
+          return true;
+        }
       }
+    } catch (e) {
+      // This runs while a step is in flight: a failure here ends this request alone.
+      this.#fail(seq, e instanceof Error ? e : new Error(String(e)));
+      return true;
     }
     return false;
   }

@@ -88,3 +88,31 @@ Deno.test("a stop string found while the next step runs ends the answer where it
     await engine.close();
   }
 });
+
+Deno.test("a failure in a request's text work ends that request alone, the step goes on", async () => {
+  const engine = await Engine.load(MODEL, { backend: "wasm", threads: 2 });
+  const push = OutputText.prototype.push;
+  let calls = 0;
+  OutputText.prototype.push = function (this: OutputText, id: number) {
+    if (++calls === 3) throw new Error("planted text failure");
+    return push.call(this, id);
+  };
+  try {
+    const results = await Promise.allSettled(
+      [0, 1, 2, 3].map((i) =>
+        engine.generate({ ...req(`r${i}`, { maxTokens: 6 }), promptIds: [5 + i, 6, 7] })
+      ),
+    );
+    const failed = results.filter((r) => r.status === "rejected");
+    assertEquals(failed.length, 1);
+    assert(String((failed[0] as PromiseRejectedResult).reason).includes("planted text failure"));
+    for (const r of results) {
+      if (r.status === "fulfilled") assertEquals(r.value.tokenIds.length, 6);
+    }
+    // The engine still serves.
+    assertEquals((await engine.generate(req("after"))).tokenIds.length, 4);
+  } finally {
+    OutputText.prototype.push = push;
+    await engine.close();
+  }
+});
