@@ -302,7 +302,7 @@ export class ModelRunner implements Runner {
   ): Promise<StepResult> {
     if (this.gpu.failure) throw this.gpu.failure;
     const host = this.#host;
-    const { numTokens: T, sampleRows, hiddenRows } = layoutStep(seqs, this.options, host);
+    const { numTokens: T, sampleRows, hiddenRows } = layoutStep(seqs, this.options, host, this);
     const device = !wantLogits && this.#sampling !== undefined;
     // Per sample row (the "sample" sequences in order): how the device picks its token,
     // or null for a row whose logits come back to the host.
@@ -315,8 +315,6 @@ export class ModelRunner implements Runner {
     const seqOf = host.seqOf.subarray(0, T);
     const L = sampleRows.length;
     const R = L + hiddenRows.length;
-    if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
-    if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
     const b = this.buffers;
     const gpu = this.gpu;
     // Every error of this step's writes and commands is caught here, not lost.

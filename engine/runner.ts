@@ -114,7 +114,8 @@ export interface StepLayout {
 }
 
 /**
- * Checks a step against the runner's capacities and writes each token's id, position,
+ * Checks a step against the runner's capacities (`limits`: its logit and output rows) and
+ * writes each token's id, position,
  * KV slot (`blockTable[pos / B] * B + pos % B`) and block-table row into `out`
  * (arrays of at least T entries).
  *
@@ -133,6 +134,7 @@ export function layoutStep(
   seqs: readonly StepSeq[],
   o: RunnerOptions,
   out: { ids: Uint32Array; positions: Uint32Array; slots: Uint32Array; seqOf: Uint32Array },
+  limits?: { readonly maxLogitRows: number; readonly maxRows: number },
 ): StepLayout {
   const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
   if (T > o.maxNumBatchedTokens) throw new Error(`step has ${T} tokens > ${o.maxNumBatchedTokens}`);
@@ -161,6 +163,14 @@ export function layoutStep(
       if (s.output === "hidden-all" || (s.output === "hidden-last" && last)) hiddenRows.push(t);
     }
   });
+  const L = sampleRows.length;
+  const R = L + hiddenRows.length;
+  if (limits && L > limits.maxLogitRows) {
+    throw new Error(`step has ${L} sample rows > ${limits.maxLogitRows}`);
+  }
+  if (limits && R > limits.maxRows) {
+    throw new Error(`step has ${R} output rows > ${limits.maxRows}`);
+  }
   return { numTokens: T, sampleRows, hiddenRows };
 }
 

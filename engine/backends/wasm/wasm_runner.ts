@@ -250,6 +250,9 @@ export class WasmRunner implements Runner {
   readonly description: string;
   readonly #model: number;
   readonly #buf: StepBuffers;
+  /** Host staging of the sample rows and their edits (packRows writes plain buffers). */
+  readonly #rowData: ArrayBuffer;
+  readonly #editData = new ArrayBuffer(SAMPLE_EDIT_CAPACITY * EDIT_BYTES);
   /** Set when profiling: where kernels.c adds each op's milliseconds, and the totals. */
   #profile?: { readonly at: number; readonly ops: OpProfile; readonly weights: OpWeightBytes };
 
@@ -267,6 +270,7 @@ export class WasmRunner implements Runner {
     this.description = `wasm: ${pool.threads} thread${pool.threads === 1 ? "" : "s"}`;
     this.#model = model;
     this.#buf = buf;
+    this.#rowData = new ArrayBuffer(maxLogitRows * ROW_BYTES);
   }
 
   /** Starts the workers, packs the weights and allocates the KV pool and step buffers. */
@@ -507,7 +511,7 @@ export class WasmRunner implements Runner {
       positions: pool.u32(b.positions, ids.length),
       slots: pool.u32(b.slots, ids.length),
       seqOf: pool.u32(b.seqOf, ids.length),
-    });
+    }, this);
     for (const id of ids) {
       if (id >= this.shape.vocabSize) throw new Error(`token id ${id} ≥ vocab`);
     }
@@ -515,8 +519,6 @@ export class WasmRunner implements Runner {
     seqs.forEach((s, si) => table.set(s.blockTable, si * o.maxBlocksPerSeq));
     const L = sampleRows.length;
     const R = L + hiddenRows.length;
-    if (L > this.maxLogitRows) throw new Error(`step has ${L} sample rows > ${this.maxLogitRows}`);
-    if (R > this.maxRows) throw new Error(`step has ${R} output rows > ${this.maxRows}`);
     pool.u32(b.rows, R).set([...sampleRows, ...hiddenRows]);
 
     // Per sample row: how the threads pick its token, or null when its logits come back.
@@ -584,17 +586,13 @@ export class WasmRunner implements Runner {
   /** Writes this step's sample rows and edits into the shared memory; false when they do not fit. */
   #packSampling(rows: readonly (RowSampling | null)[]): boolean {
     const b = this.#buf;
-    const rowData = new ArrayBuffer(Math.max(1, rows.length) * ROW_BYTES);
-    const edits = rows.reduce((n, r) => n + (r?.edits.length ?? 0), 0);
-    if (edits > SAMPLE_EDIT_CAPACITY) return false;
-    const editData = new ArrayBuffer(Math.max(1, edits) * EDIT_BYTES);
-    if (packRows(rows, rowData, editData, SAMPLE_EDIT_CAPACITY) < 0) return false;
-    new Uint8Array(this.pool.memory.buffer, b.sampleRows, rowData.byteLength).set(
-      new Uint8Array(rowData),
-    );
-    new Uint8Array(this.pool.memory.buffer, b.edits, editData.byteLength).set(
-      new Uint8Array(editData),
-    );
+    const edits = packRows(rows, this.#rowData, this.#editData, SAMPLE_EDIT_CAPACITY);
+    if (edits < 0) return false;
+    const memory = this.pool.memory.buffer;
+    new Uint8Array(memory, b.sampleRows, rows.length * ROW_BYTES)
+      .set(new Uint8Array(this.#rowData, 0, rows.length * ROW_BYTES));
+    new Uint8Array(memory, b.edits, edits * EDIT_BYTES)
+      .set(new Uint8Array(this.#editData, 0, edits * EDIT_BYTES));
     return true;
   }
 
