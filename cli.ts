@@ -225,6 +225,13 @@ const FLAGS: readonly Flag[] = [
     help: "do not share KV blocks between prompts with a common prefix",
   },
   {
+    name: "no-async-scheduling",
+    type: "boolean",
+    default: "false",
+    help: "run steps one at a time instead of launching the next step while one runs " +
+      "(answers are the same either way)",
+  },
+  {
     name: "pooling",
     type: "string",
     value: "last|mean",
@@ -509,6 +516,7 @@ export function parseRunBatch(
         : undefined,
       maxModelLen: positiveInt(str("max-model-len"), "max-model-len"),
       enablePrefixCaching: values["no-enable-prefix-caching"] !== true,
+      asyncScheduling: values["no-async-scheduling"] !== true,
       pooling,
       kernels,
       kvCacheDtype,

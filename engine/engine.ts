@@ -2,7 +2,10 @@
  * The public engine: requests go in, results come out. A single step loop
  * runs while there is work: the scheduler packs a token budget, the model
  * runner computes it on the GPU in one submission, and finished sequences
- * resolve their promises.
+ * resolve their promises. With async scheduling (the default) the next step
+ * is scheduled and submitted while one runs, its decode inputs fed on the
+ * device from the running step's draws (placeholders in the sequences until
+ * the ids are back), so the GPU does not wait for the host between steps.
  *
  * @module
  */
@@ -21,7 +24,7 @@ import { ModelTokenizer } from "./loader/tokenizer.ts";
 import { ModelRunner } from "./model_runner.ts";
 import type { KernelProfile } from "./gpu/profile.ts";
 import { wasmLimits, WasmRunner } from "./backends/wasm/wasm_runner.ts";
-import type { BackendLimits, Runner, RunnerOptions, StepSeq } from "./runner.ts";
+import type { BackendLimits, Runner, RunnerOptions, StepResult, StepSeq } from "./runner.ts";
 import type { ModelShape, WeightSource } from "./model.ts";
 import { type ScheduledBatch, Scheduler } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
@@ -106,6 +109,13 @@ export interface EngineOptions {
    * ends each op. Read it with {@linkcode Engine.kernelProfile}.
    */
   readonly profile?: boolean;
+  /**
+   * Schedule and launch step n+1 while step n runs, its decode inputs fed on the device from
+   * step n's draws, as vLLM's `--async-scheduling` does (default true). Steps whose rows need
+   * the drawn ids on the host first (logprobs, penalties, grammars, host sampling) still run
+   * one at a time; answers are the same either way.
+   */
+  readonly asyncScheduling?: boolean;
 }
 
 /** How far {@linkcode Engine.load} got: `done` of `total` weight tensors read. */
@@ -222,6 +232,8 @@ export interface EngineStats {
   /** Sum over steps of sequences in the step (mean occupancy = this / steps). */
   seqsInSteps: number;
   preemptions: number;
+  /** Steps launched while the step before them was still running (async scheduling). */
+  overlappedSteps: number;
 }
 
 interface SeqState {
@@ -237,6 +249,23 @@ interface SeqState {
   hiddenCount: number;
   /** A response_format's matcher and this step's mask of allowed ids (engine/grammar.ts). */
   readonly grammar?: { readonly matcher: TokenMatcher; readonly mask: Uint32Array };
+}
+
+/** A step handed to the runner whose results are not applied yet. */
+interface Flight {
+  readonly batch: ScheduledBatch<SeqState>;
+  readonly seqs: readonly StepSeq[];
+  readonly pending: Promise<{ result: StepResult } | { error: unknown }>;
+  /** Each "sample" sequence's row in the step (a fed step's `fromSampleRow`). */
+  readonly sampleRowOf: ReadonlyMap<Sequence<SeqState>, number>;
+  /** The next step may be scheduled and launched before this one lands. */
+  readonly chainable: boolean;
+  /** When it was launched (performance.now()). */
+  readonly started: number;
+  /** Its tokens are marked computed in the scheduler. */
+  committed: boolean;
+  /** What went wrong while launching it (a grammar mask): its requests fail when it lands. */
+  readonly failure: unknown;
 }
 
 const GIB = 1024 ** 3;
@@ -280,7 +309,10 @@ export class Engine {
     generatedTokens: 0,
     seqsInSteps: 0,
     preemptions: 0,
+    overlappedSteps: 0,
   };
+  /** When the last step landed (performance.now()), for `onStep`'s seconds. */
+  #landedAt = 0;
 
   private constructor(
     readonly runner: Runner,
@@ -410,6 +442,7 @@ export class Engine {
       enablePrefixCaching: (options.enablePrefixCaching ?? true) && options.pooling !== "mean",
       pooling: options.pooling ?? "last",
       normalizeEmbeddings: options.normalizeEmbeddings ?? true,
+      asyncScheduling: options.asyncScheduling ?? true,
     }, options.onStep);
   }
 
@@ -575,45 +608,45 @@ export class Engine {
     });
   }
 
-  /** Steps until no work is left. */
+  /**
+   * Steps until no work is left. With async scheduling, step n+1 is scheduled and
+   * launched while step n runs, its decode inputs fed on the device from step n's draws
+   * (placeholders in the sequences until step n lands); otherwise one step at a time.
+   */
   async #run(): Promise<void> {
     // Let the other requests submitted in this tick join the first step.
     await new Promise((r) => setTimeout(r, 0));
-    while (this.#scheduler.hasWork()) {
-      const batch = this.#scheduler.schedule();
-      if (!batch) break;
-      for (const { seq, reason } of batch.rejected) {
-        seq.state!.reject(new RequestError(reason, 400, null, "context_length_exceeded"));
-      }
-      if (batch.items.length === 0) continue;
-      try {
-        const started = performance.now();
-        await this.#step(batch);
-        this.onStep?.({
-          seconds: (performance.now() - started) / 1000,
-          numTokens: batch.numTokens,
-          numSeqs: batch.items.length,
-        });
-      } catch (e) {
-        if (e instanceof EngineFailure) {
-          this.#failAll(e);
-          break;
+    let flight: Flight | null = null;
+    while (true) {
+      let next: Flight | null = null;
+      if (this.#failure === null && (flight === null || flight.chainable)) {
+        if (flight !== null) this.#commit(flight);
+        const batch = this.#scheduler.hasWork() ? this.#scheduler.schedule() : null;
+        if (batch === null && flight === null) break;
+        for (const { seq, reason } of batch?.rejected ?? []) {
+          seq.state!.reject(new RequestError(reason, 400, null, "context_length_exceeded"));
         }
-        // Anything else (outside the backend) fails the step's requests only.
-        for (const { seq } of batch.items) {
-          this.#scheduler.abort(seq.id);
-          seq.state!.reject(e);
+        if (batch !== null && batch.items.length > 0) {
+          next = await this.#launch(batch, flight).catch((e) => (this.#failItems(batch, e), null));
         }
+      } else if (flight === null) break;
+      if (flight !== null) {
+        if (next !== null) this.stats.overlappedSteps++;
+        await this.#land(flight);
+        // Let new requests in between steps: one turn of the event loop (setImmediate; a
+        // setTimeout(0) here cost 2.2 ms a step, the timer clamp, more than a GPU step).
+        await new Promise((r) => setImmediate(r));
       }
-      this.stats.preemptions = this.#scheduler.preemptions;
-      // Let new requests in between steps: one turn of the event loop (setImmediate; a
-      // setTimeout(0) here cost 2.2 ms a step, the timer clamp, more than a GPU step).
-      await new Promise((r) => setImmediate(r));
+      flight = next;
     }
     this.#pushPendingText();
   }
 
-  async #step(batch: ScheduledBatch<SeqState>): Promise<void> {
+  /**
+   * Hands a scheduled batch to the runner. Sequences whose next id the device draws get a
+   * placeholder for it, so that the next step can be scheduled at once (`chainable`).
+   */
+  async #launch(batch: ScheduledBatch<SeqState>, before: Flight | null): Promise<Flight> {
     const items = batch.items;
     // A runner that samples on the device reads back ids only (and the logits of rows
     // that want logprobs); otherwise any non-greedy row reads every row's logits.
@@ -622,43 +655,135 @@ export class Engine {
       items.some((it) =>
         it.sample && it.seq.state!.kind === "generate" && !this.#isPlainGreedy(it.seq)
       );
-    const seqs: StepSeq[] = items.map(({ seq, start, count, sample }) => ({
-      tokens: seq.tokenIds.slice(start, start + count),
-      start,
-      blockTable: seq.blockTable,
-      output: seq.state!.kind === "embed"
-        ? (this.options.pooling === "mean" ? "hidden-all" : sample ? "hidden-last" : "none")
-        : sample
-        ? "sample"
-        : "none",
-      sampling: device && sample && seq.state!.kind === "generate"
-        ? this.#deviceSampling(seq)
-        : undefined,
-    }));
+    const seqs: StepSeq[] = items.map(({ seq, start, count, sample }) => {
+      // The last step's draw, still on the device: fed from its sample row there.
+      const fed = seq.hasPlaceholder && start + count === seq.numTokens;
+      const fromSampleRow = fed ? before?.sampleRowOf.get(seq) : undefined;
+      if (fed && fromSampleRow === undefined) {
+        throw new Error(`Sequence "${seq.id}" waits for an id no step in flight draws`);
+      }
+      return {
+        tokens: seq.tokenIds.slice(start, start + count),
+        start,
+        blockTable: seq.blockTable,
+        output: seq.state!.kind === "embed"
+          ? (this.options.pooling === "mean" ? "hidden-all" : sample ? "hidden-last" : "none")
+          : sample
+          ? "sample"
+          : "none",
+        sampling: device && sample && seq.state!.kind === "generate"
+          ? this.#deviceSampling(seq)
+          : undefined,
+        fromSampleRow,
+      };
+    });
     // Constrained rows' masks are computed on the CPU while the step runs; a runner that
     // samples on the device takes them once `masksReady` resolves, the host sampler after.
     let masksDone = () => {};
     const masksReady = new Promise<void>((resolve) => (masksDone = resolve));
+    const started = performance.now();
     const pending = this.runner.step(seqs, wantLogits, masksReady).then(
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
+    // The next step may start before this one's ids are back when the device keeps them for
+    // it and every sequence that samples here either goes on with a fed id or surely ends.
+    const sampleRowOf = new Map<Sequence<SeqState>, number>();
+    const continuing: Sequence<SeqState>[] = [];
+    let chainable = this.options.asyncScheduling && this.runner.feedsNextStep?.() === true;
+    seqs.forEach((s, i) => {
+      if (s.output !== "sample") return;
+      const seq = items[i]!.seq;
+      sampleRowOf.set(seq, sampleRowOf.size);
+      if (this.#endsAfterThisToken(seq)) return;
+      if (this.#drawnWithoutHistory(seq, s)) continuing.push(seq);
+      else chainable = false;
+    });
+    if (chainable) { for (const seq of continuing) seq.appendPlaceholder(); }
     // The step is submitted: the previous step's tokens are detokenized (and matched
     // against stop strings) while it runs. A sequence that a stop string ends here is
     // also in this step; its row is dropped when the step returns.
     this.#pushPendingText();
+    let failure: unknown = undefined;
     try {
       for (const { seq, sample } of items) {
         const g = seq.state!.grammar;
         if (sample && g !== undefined) await g.matcher.fillMask(g.mask);
       }
+    } catch (e) {
+      failure = e;
     } finally {
       masksDone();
     }
-    const outcome = await pending;
-    if ("error" in outcome) throw this.#backendFailure(outcome.error);
-    const result = outcome.result;
-    this.#scheduler.commit(batch);
+    return { batch, seqs, pending, sampleRowOf, chainable, started, committed: false, failure };
+  }
+
+  /** Anything else than the backend failing fails the step's requests only. */
+  #failItems(batch: ScheduledBatch<SeqState>, error: unknown): void {
+    for (const { seq } of batch.items) {
+      seq.dropPlaceholders();
+      this.#scheduler.abort(seq.id);
+      seq.state!.reject(error);
+    }
+  }
+
+  /** Marks a launched step's tokens computed in the scheduler (once). */
+  #commit(flight: Flight): void {
+    if (flight.committed) return;
+    flight.committed = true;
+    this.#scheduler.commit(flight.batch);
+  }
+
+  /**
+   * Whether the id this step draws for `seq` ends it by length (so no step follows), or
+   * the context's end.
+   */
+  #endsAfterThisToken(seq: Sequence<SeqState>): boolean {
+    const p = seq.request.sampling;
+    return seq.numOutputTokens + 1 >= p.maxTokens || seq.numTokens + 1 >= this.maxModelLen;
+  }
+
+  /**
+   * Whether the id drawn for this row stays on the device and the row after it needs no
+   * knowledge of it on the host: greedy or a device draw without penalties (which count
+   * the ids drawn), grammars (which advance on them) or logprobs (sampled on the host).
+   */
+  #drawnWithoutHistory(seq: Sequence<SeqState>, s: StepSeq): boolean {
+    const p = seq.request.sampling;
+    if (seq.state!.kind !== "generate" || seq.state!.grammar !== undefined) return false;
+    if (s.sampling === "logits" || p.logprobs) return false;
+    if (s.sampling === undefined && !this.#isPlainGreedy(seq)) return false;
+    return p.presencePenalty === 0 && p.frequencyPenalty === 0 && p.repetitionPenalty === 1;
+  }
+
+  /** Waits for a launched step and applies its results; a failure ends its requests. */
+  async #land(flight: Flight): Promise<void> {
+    const outcome = await flight.pending;
+    if (this.#failure !== null) return; // every request already failed with it
+    const items = flight.batch.items;
+    try {
+      if (flight.failure !== undefined) throw flight.failure;
+      if ("error" in outcome) throw this.#backendFailure(outcome.error);
+      this.#commit(flight);
+      this.#apply(flight, outcome.result);
+      const now = performance.now();
+      this.onStep?.({
+        seconds: (now - Math.max(flight.started, this.#landedAt)) / 1000,
+        numTokens: flight.batch.numTokens,
+        numSeqs: items.length,
+      });
+      this.#landedAt = now;
+    } catch (e) {
+      if (e instanceof EngineFailure) return this.#failAll(e);
+      this.#failItems(flight.batch, e);
+    } finally {
+      this.stats.preemptions = this.#scheduler.preemptions;
+    }
+  }
+
+  /** A landed step's ids, logits and hidden rows, into its sequences. */
+  #apply(flight: Flight, result: StepResult): void {
+    const { batch: { items }, seqs } = flight;
     this.stats.steps++;
     this.stats.seqsInSteps += items.length;
     const V = this.config.vocabSize;
@@ -676,7 +801,12 @@ export class Engine {
         const row = sampleRow++;
         // Ended while the step ran (a stop string found in its text, or aborted).
         if (seq.status === "finished") continue;
+        // The text of the ids before this one first (still pending when no step was launched
+        // while this one ran): a stop string there ends the sequence before this id.
+        if (st.pendingText.length > 0 && this.#pushText(seq)) continue;
         this.stats.generatedTokens++;
+        // The id takes the first placeholder's place; those of steps after this one stay.
+        const later = Math.max(0, seq.dropPlaceholders() - 1);
         const logitRow = result.logitIndex ? result.logitIndex[row]! : result.logits ? row : -1;
         const id = logitRow >= 0
           ? this.#sample(seq, result.logits!.subarray(logitRow * V, (logitRow + 1) * V))
@@ -698,7 +828,7 @@ export class Engine {
           continue;
         }
         st.grammar?.matcher.accept(id);
-        this.#accept(seq, id);
+        this.#accept(seq, id, later);
       } else {
         const rows = out === "hidden-all" ? count : out === "hidden-last" ? 1 : 0;
         if (seq.status === "finished") {
@@ -775,9 +905,10 @@ export class Engine {
   /**
    * Appends a sampled id and finishes the sequence when an end id or a length limit
    * says so. Its text (and the stop strings) follow in {@linkcode #pushPendingText},
-   * while the next step runs, or at once when the sequence ends here.
+   * while the next step runs, or at once when the sequence ends here. `later`
+   * placeholders (ids that steps still in flight draw) follow it again if it goes on.
    */
-  #accept(seq: Sequence<SeqState>, id: number): void {
+  #accept(seq: Sequence<SeqState>, id: number, later = 0): void {
     const p = seq.request.sampling;
     const st = seq.state!;
     const isEos = (!p.ignoreEos && this.#eos.has(id)) || p.stopTokenIds.includes(id);
@@ -790,7 +921,9 @@ export class Engine {
     this.#pendingText.add(seq);
     if (seq.numOutputTokens >= p.maxTokens || seq.numTokens >= this.maxModelLen) {
       if (!this.#pushText(seq)) this.#finish(seq, "length");
+      return;
     }
+    for (let k = 0; k < later; k++) seq.appendPlaceholder();
   }
 
   /** Pushes a sequence's pending ids into its text; true when a stop string ended it. */
@@ -825,6 +958,7 @@ export class Engine {
    * its logprobs entry) but not in the text, as vLLM does.
    */
   #finish(seq: Sequence<SeqState>, reason: FinishReason, endId?: number): void {
+    seq.dropPlaceholders();
     this.#scheduler.finish(seq);
     const st = seq.state!;
     const tokenIds = seq.outputIds;
@@ -844,6 +978,7 @@ export class Engine {
 
   /** Ends one sequence with an error and frees its blocks; the others go on. */
   #fail(seq: Sequence<SeqState>, error: Error): void {
+    seq.dropPlaceholders();
     this.#scheduler.finish(seq);
     seq.state!.reject(error);
   }

@@ -79,7 +79,16 @@ interface DeviceSampling {
 
 /** The model on the GPU with its step buffers and KV pool. */
 export class ModelRunner implements Runner {
-  readonly #staging: GPUBuffer;
+  /**
+   * Readback buffers, used in turn: a step may start while the one before it is still
+   * being read (the second is made by the first step that follows another in flight).
+   */
+  readonly #staging: GPUBuffer[];
+  #stagingBytes: number;
+  /** Which of `#staging` (and of the host's `results`) the step last started reads through. */
+  #parity = 0;
+  /** Whether the last step left every sample row's id in `buffers.sampled` (feedsNextStep). */
+  #feeds = false;
   /** Sampling on the device (gpu kernel class): its buffers, host staging and dispatch. */
   #sampling?: DeviceSampling;
   /** Each block-table row as last uploaded (rows are rewritten only when they change). */
@@ -92,7 +101,7 @@ export class ModelRunner implements Runner {
     readonly slots: Uint32Array; // (T)
     readonly seqOf: Uint32Array; // (T)
     readonly rows: Uint32Array; // (R)
-    readonly result: ArrayBuffer; // as the staging buffer
+    readonly results: ArrayBuffer[]; // as the staging buffers
   };
   #profiler?: KernelProfiler;
   #ownsDevice = false;
@@ -121,7 +130,8 @@ export class ModelRunner implements Runner {
     this.description = `webgpu: ${gpu.description} (${kernelClass} kernels, ${kvCacheDtype} KV)`;
     this.weightBytes = weights.bytes;
     const bytes = maxLogitRows * (shape.vocabSize + 1) * 4 + maxRows * shape.hiddenSize * 4;
-    this.#staging = gpu.readback("staging", bytes);
+    this.#stagingBytes = bytes;
+    this.#staging = [gpu.readback("staging", bytes)];
     const T = options.maxNumBatchedTokens;
     this.#host = {
       step: new Uint32Array(4),
@@ -130,7 +140,7 @@ export class ModelRunner implements Runner {
       slots: new Uint32Array(T),
       seqOf: new Uint32Array(T),
       rows: new Uint32Array(maxRows),
-      result: new ArrayBuffer(bytes),
+      results: [new ArrayBuffer(bytes)],
     };
     this.#tableRows = Array.from({ length: options.maxNumSeqs }, () => new Uint32Array(0));
   }
@@ -295,14 +305,43 @@ export class ModelRunner implements Runner {
    * device sampling (and not `wantLogits`), each sample row is drawn on the GPU
    * as its `sampling` says, and only rows that ask for `"logits"` read theirs back.
    */
-  async step(
+  step(
     seqs: readonly StepSeq[],
     wantLogits: boolean,
     masksReady?: Promise<unknown>,
   ): Promise<StepResult> {
+    const fedFrom = this.#feeds;
+    this.#feeds = false;
+    return this.#step(seqs, wantLogits, masksReady, fedFrom);
+  }
+
+  /**
+   * Whether the step last started leaves its sample rows' ids on the device for the
+   * next step's `fromSampleRow` (not when it samples on the host, waits for grammar
+   * masks or is profiled: those submit after an await).
+   */
+  feedsNextStep(): boolean {
+    return this.#feeds;
+  }
+
+  /** {@linkcode step}; `fedFrom`: the step before left its ids in `buffers.sampled`. */
+  async #step(
+    seqs: readonly StepSeq[],
+    wantLogits: boolean,
+    masksReady: Promise<unknown> | undefined,
+    fedFrom: boolean,
+  ): Promise<StepResult> {
     if (this.gpu.failure) throw this.gpu.failure;
     const host = this.#host;
-    const { numTokens: T, sampleRows, hiddenRows } = layoutStep(seqs, this.options, host, this);
+    const { numTokens: T, sampleRows, hiddenRows, fed } = layoutStep(
+      seqs,
+      this.options,
+      host,
+      this,
+    );
+    if (fed.length > 0 && !fedFrom) {
+      throw new Error("A step is fed ids that the step before it did not leave on the device");
+    }
     const device = !wantLogits && this.#sampling !== undefined;
     // Per sample row (the "sample" sequences in order): how the device picks its token,
     // or null for a row whose logits come back to the host.
@@ -347,13 +386,22 @@ export class ModelRunner implements Runner {
       };
     }
     const encoder = gpu.device.createCommandEncoder();
+    // Ids the step before drew for its sample rows, copied in before the forward pass.
+    for (let i = 0; i < fed.length;) {
+      let n = 1;
+      const [t, row] = fed[i]!;
+      while (i + n < fed.length && fed[i + n]![0] === t + n && fed[i + n]![1] === row + n) n++;
+      encoder.copyBufferToBuffer(b.sampled, row * 4, b.ids, t * 4, n * 4);
+      i += n;
+    }
     const p = this.plan;
     const sampling = device ? this.#packSampling(rowSampling) : undefined;
     if (device && !sampling) {
       // More logit edits than the device buffer holds: this step samples on the host.
       gpu.popErrorScopes("Engine step").catch(() => {});
       await masksReady;
-      return this.step(seqs, true);
+      // Fed ids are still in `b.sampled`: nothing was submitted since the step before.
+      return this.#step(seqs, true, undefined, fedFrom);
     }
     const sampler = sampling ? [sampling] : wantLogits ? [] : p.argmax;
     const dispatches = [...p.body, ...p.logits, ...sampler];
@@ -394,18 +442,26 @@ export class ModelRunner implements Runner {
     const sampleBytes = idBytes + logitCount * V * 4;
     const hiddenBytes = (R - L) * H * 4;
     const e = sampleEncoder;
-    if (idBytes > 0) e.copyBufferToBuffer(b.sampled, 0, this.#staging, 0, idBytes);
+    // The step before may still be reading its results back when it left its ids to feed
+    // this one (the engine launched this step without waiting): read through the other buffer.
+    if (fedFrom) this.#parity ^= 1;
+    const which = this.#parity;
+    const staging = this.#staging[which] ??= gpu.readback("staging", this.#stagingBytes);
+    const result = host.results[which] ??= new ArrayBuffer(this.#stagingBytes);
+    if (idBytes > 0) e.copyBufferToBuffer(b.sampled, 0, staging, 0, idBytes);
     if (wantLogits && L > 0) {
-      e.copyBufferToBuffer(b.logits, 0, this.#staging, 0, L * V * 4);
+      e.copyBufferToBuffer(b.logits, 0, staging, 0, L * V * 4);
     } else {
       logitRows.forEach((row, k) =>
-        e.copyBufferToBuffer(b.logits, row * V * 4, this.#staging, idBytes + k * V * 4, V * 4)
+        e.copyBufferToBuffer(b.logits, row * V * 4, staging, idBytes + k * V * 4, V * 4)
       );
     }
     if (hiddenBytes > 0) {
-      e.copyBufferToBuffer(b.final, L * H * 4, this.#staging, sampleBytes, hiddenBytes);
+      e.copyBufferToBuffer(b.final, L * H * 4, staging, sampleBytes, hiddenBytes);
     }
     gpu.device.queue.submit([e.finish()]);
+    // Submitted without an await since the step began: the next step may follow at once.
+    this.#feeds = !wantLogits && !masked && this.#profiler === undefined;
     await gpu.popErrorScopes("Engine step");
     await this.#profiler?.collect();
     const bytes = sampleBytes + hiddenBytes;
@@ -414,21 +470,19 @@ export class ModelRunner implements Runner {
       if (gpu.failure) throw gpu.failure;
       return {};
     }
-    await this.#staging.mapAsync(GPUMapMode.READ, 0, bytes).catch(async (e: Error) => {
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes).catch(async (e: Error) => {
       throw (await gpu.failureAfter()) ??
         new Error(`Reading the step's results back failed: ${e.message}`);
     });
     if (gpu.failure) {
-      this.#staging.unmap();
+      staging.unmap();
       throw gpu.failure;
     }
-    // Into the runner's own result buffer: the engine reads a step's results before
-    // it starts the next step, so one buffer serves every step.
-    new Uint8Array(host.result, 0, bytes).set(
-      new Uint8Array(this.#staging.getMappedRange(0, bytes)),
-    );
-    const copy = host.result;
-    this.#staging.unmap();
+    // Into the runner's own result buffer: the engine reads a step's results before it
+    // starts the step after next, so two buffers, in turn, serve every step.
+    new Uint8Array(result, 0, bytes).set(new Uint8Array(staging.getMappedRange(0, bytes)));
+    const copy = result;
+    staging.unmap();
     let logitIndex: Int32Array | undefined;
     if (device) {
       logitIndex = new Int32Array(L).fill(-1);
@@ -507,7 +561,7 @@ export class ModelRunner implements Runner {
       if (Array.isArray(v)) v.forEach((x) => x.destroy());
       else (v as GPUBuffer).destroy();
     }
-    this.#staging.destroy();
+    for (const staging of this.#staging) staging.destroy();
     // The device last, when nothing made on it is left.
     if (this.#ownsDevice) this.gpu.destroy();
   }

@@ -45,6 +45,13 @@ export interface StepSeq {
    * row gets the greedy id.
    */
   readonly sampling?: RowSampling | "logits";
+  /**
+   * The step before this one (still in flight when this one was launched) drew this
+   * sequence's first token for its sample row `fromSampleRow`: the runner feeds that id
+   * from the device, and `tokens[0]` is only a placeholder. Only on a runner whose
+   * `feedsNextStep()` said so for that step.
+   */
+  readonly fromSampleRow?: number;
 }
 
 /** What a step returns, in the order of the step's sequences. */
@@ -86,6 +93,12 @@ export interface Runner {
   /** Samples rows on the device from `StepSeq.sampling` (only ids come back). */
   readonly deviceSampling?: boolean;
   /**
+   * Called right after `step()` (whose choice is made before it first awaits): whether that
+   * step leaves every sample row's id on the device, so the next step may be launched at
+   * once with `fromSampleRow` inputs while this one runs. Absent: steps run one at a time.
+   */
+  feedsNextStep?(): boolean;
+  /**
    * Runs one forward step over the scheduled sequences. Sample rows get argmax
    * ids, or their full logits when `wantLogits` (for the CPU sampler).
    */
@@ -111,6 +124,8 @@ export interface StepLayout {
   readonly sampleRows: readonly number[];
   /** Token index of each hidden row, after the sample rows in the output (R − L). */
   readonly hiddenRows: readonly number[];
+  /** Tokens fed from the previous step: token index, then that step's sample row. */
+  readonly fed: readonly (readonly [token: number, row: number])[];
 }
 
 /**
@@ -143,18 +158,20 @@ export function layoutStep(
   }
   const sampleRows: number[] = [];
   const hiddenRows: number[] = [];
+  const fed: [number, number][] = [];
   let t = 0;
   seqs.forEach((s, si) => {
     if (s.blockTable.length > o.maxBlocksPerSeq) {
       throw new Error("block table longer than maxBlocksPerSeq");
     }
     const n = s.tokens.length;
+    if (s.fromSampleRow !== undefined) fed.push([t, s.fromSampleRow]);
     for (let i = 0; i < n; i++, t++) {
       const pos = s.start + i;
       const block = s.blockTable[Math.floor(pos / o.blockSize)];
       if (block === undefined) throw new Error(`no KV block for position ${pos}`);
       if (block >= o.numBlocks) throw new Error(`KV block ${block} ≥ ${o.numBlocks}`);
-      out.ids[t] = s.tokens[i]!;
+      out.ids[t] = i === 0 && s.fromSampleRow !== undefined ? 0 : s.tokens[i]!;
       out.positions[t] = pos;
       out.slots[t] = block * o.blockSize + (pos % o.blockSize);
       out.seqOf[t] = si;
@@ -171,7 +188,7 @@ export function layoutStep(
   if (limits && R > limits.maxRows) {
     throw new Error(`step has ${R} output rows > ${limits.maxRows}`);
   }
-  return { numTokens: T, sampleRows, hiddenRows };
+  return { numTokens: T, sampleRows, hiddenRows, fed };
 }
 
 /**

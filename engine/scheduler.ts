@@ -4,6 +4,8 @@
  * prefills, and newly admitted waiting sequences (FIFO). When a decode needs
  * a KV block and none is left, the newest running sequence is preempted: its
  * blocks are freed and it is recomputed later from its current tokens.
+ * A sequence whose last step is still in flight with no placeholder for its
+ * next id (engine/sequence.ts) has nothing to compute and sits the step out.
  *
  * @module
  */
@@ -151,7 +153,7 @@ export class Scheduler<S = unknown> {
     for (const seq of this.#running) {
       if (budget <= 0) break;
       const remaining = this.#remaining(seq);
-      if (remaining === 1) continue; // a decode, handled above
+      if (remaining <= 1) continue; // a decode, handled above, or waiting for its sampled id
       const count = Math.min(remaining, budget);
       items.push(this.#chunk(seq, count));
       budget -= count;
@@ -160,7 +162,8 @@ export class Scheduler<S = unknown> {
     // 3. Admit waiting sequences in FIFO order (not in a step that had to preempt).
     while (!preempted && budget > 0 && this.#running.length < maxNumSeqs) {
       const seq = this.#waiting.peek();
-      if (seq === undefined) break;
+      // A placeholder's id is still on its way: readmit the sequence once it is back.
+      if (seq === undefined || seq.hasPlaceholder) break;
       const reason = this.#rejectReason(seq);
       if (reason !== null) {
         this.#waiting.shift();
@@ -216,14 +219,12 @@ export class Scheduler<S = unknown> {
     return seq;
   }
 
+  /**
+   * Tokens still to compute; 0 for a sequence whose last step is still in flight (its
+   * next id is not known yet, or it ends there), which this step skips.
+   */
   #remaining(seq: Sequence<S>): number {
-    const remaining = seq.numTokens - seq.numComputedTokens;
-    if (remaining <= 0) {
-      throw new Error(
-        `Sequence "${seq.id}" has no token to compute: append a sampled token or finish it`,
-      );
-    }
-    return remaining;
+    return seq.numTokens - seq.numComputedTokens;
   }
 
   #chunk(seq: Sequence<S>, count: number): ScheduledItem<S> {

@@ -3,7 +3,8 @@
  * many of them already have K/V in the cache, and which KV blocks hold them.
  *
  * Each counter has one writer, so it can be reasoned about from one file:
- * - the engine appends sampled tokens (`appendToken`);
+ * - the engine appends sampled tokens (`appendToken`) and placeholders for ids still
+ *   on the device (`appendPlaceholder`, `dropPlaceholders`);
  * - the scheduler (engine/scheduler.ts) moves `status`, sets `arrival` and
  *   advances `numComputedTokens` (the `mark…`, `setArrival` and
  *   `advanceComputed` methods);
@@ -16,6 +17,12 @@
  */
 
 import type { GenerateRequest } from "./types.ts";
+
+/**
+ * Stands in for the id a step still in flight is drawing on the device, so the next
+ * step can be scheduled before the id is back (the device feeds it to that step).
+ */
+export const PLACEHOLDER = -1;
 
 /** Where a sequence is: queued (holds no KV blocks), scheduled, or done. */
 export type SequenceStatus = "waiting" | "running" | "finished";
@@ -49,6 +56,8 @@ export class Sequence<S = unknown> {
   #status: SequenceStatus = "waiting";
   #arrival = -1;
   #numComputedTokens = 0;
+  // Written only by the engine.
+  #placeholders = 0;
   // Written only by the block manager.
   #blockTable: number[] = [];
   #numCachedTokens = 0;
@@ -85,7 +94,36 @@ export class Sequence<S = unknown> {
 
   /** Appends a sampled token; its K/V is computed by the next decode step. */
   appendToken(id: number): void {
+    if (this.#placeholders > 0) throw new Error(`Sequence "${this.id}" has placeholders left`);
     this.tokenIds.push(id);
+  }
+
+  /** Trailing {@linkcode PLACEHOLDER}s: ids drawn by steps still in flight. */
+  get numPlaceholders(): number {
+    return this.#placeholders;
+  }
+
+  /** Whether the sequence ends in ids not back from the device yet. */
+  get hasPlaceholder(): boolean {
+    return this.#placeholders > 0;
+  }
+
+  /**
+   * Appends a {@linkcode PLACEHOLDER} for the id a step in flight draws: counted in
+   * `numTokens` and `numOutputTokens` (so the next step can compute it, and draws with
+   * the right index) until {@linkcode dropPlaceholders} takes it out again.
+   */
+  appendPlaceholder(): void {
+    this.tokenIds.push(PLACEHOLDER);
+    this.#placeholders++;
+  }
+
+  /** Removes the trailing placeholders; returns how many there were. */
+  dropPlaceholders(): number {
+    const n = this.#placeholders;
+    this.tokenIds.length -= n;
+    this.#placeholders = 0;
+    return n;
   }
 
   /** Where the sequence is (the scheduler's). */

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { ignoreWithoutGpu } from "./_gpu.ts";
 import { runCli } from "./_cli.ts";
+import { parseRunBatch } from "../cli.ts";
 
 const cli = runCli;
 
@@ -394,4 +395,13 @@ Deno.test({
   assertEquals(code, 0, stderr);
   assertMatch(stderr, /loading weights from models\/ernie-tiny: (\d+)\/\1 tensors/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("--no-async-scheduling runs steps one at a time; async scheduling is the default", () => {
+  const base = ["--model", "models/ernie-tiny", "-i", "in.jsonl", "-o", "out.jsonl"];
+  const on = parseRunBatch(base);
+  const off = parseRunBatch([...base, "--no-async-scheduling"]);
+  if (typeof on === "string" || typeof off === "string") throw new Error("parsed as help");
+  assertEquals(on.engine.asyncScheduling, true);
+  assertEquals(off.engine.asyncScheduling, false);
 });

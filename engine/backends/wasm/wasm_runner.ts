@@ -506,12 +506,14 @@ export class WasmRunner implements Runner {
     const b = this.#buf;
     const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
     const ids = pool.u32(b.ids, Math.min(T, o.maxNumBatchedTokens));
-    const { sampleRows, hiddenRows } = layoutStep(seqs, o, {
+    const { sampleRows, hiddenRows, fed } = layoutStep(seqs, o, {
       ids,
       positions: pool.u32(b.positions, ids.length),
       slots: pool.u32(b.slots, ids.length),
       seqOf: pool.u32(b.seqOf, ids.length),
     }, this);
+    // One step at a time here (a step's inputs live in the memory the threads compute from).
+    if (fed.length > 0) throw new Error("the wasm backend cannot feed a step from the one before");
     for (const id of ids) {
       if (id >= this.shape.vocabSize) throw new Error(`token id ${id} ≥ vocab`);
     }
