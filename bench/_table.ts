@@ -10,6 +10,7 @@ import type { MemoryFigures } from "./_memory.ts";
 import type { Workload } from "./_workload.ts";
 import type { BandwidthFigures } from "./_bandwidth.ts";
 import type { NativeFigures } from "./_native.ts";
+import type { OverlapFigures } from "./_overlap.ts";
 
 /** The parts of bench/results.json the table shows. */
 export interface TableInput {
@@ -35,6 +36,7 @@ export interface TableInput {
     readonly nativeLlamaCpp: NativeFigures | { readonly error: string } | null;
     readonly oursOverNativeLlamaCpp: number | null;
   };
+  readonly overlap: OverlapFigures | null;
   readonly memory: readonly MemoryFigures[] | null;
 }
 
@@ -173,6 +175,24 @@ export function printTable(r: TableInput): void {
   }
   if (peer && "error" in peer) out.push("", `node-llama-cpp: ${peer.error}`);
   if (native && "error" in native) out.push("", `native llama.cpp: ${native.error}`);
+  const o = r.overlap;
+  if (o && !("skipped" in o)) {
+    out.push("");
+    out.push(...render([
+      [
+        `steps overlap, WebGPU (${o.kernelClass} kernels), ${o.model}`,
+        "async tok/s",
+        "one step at a time",
+        "ratio",
+      ],
+      ...o.rows.map((x) => [
+        `  ${x.sequences} sequences (${x.async.overlappedSteps}/${x.async.steps} steps overlapped)`,
+        x.async.tokensPerSecond.toFixed(1),
+        x.oneStepAtATime.tokensPerSecond.toFixed(1),
+        `${x.asyncOverOneStepAtATime.toFixed(2)}×`,
+      ]),
+    ]));
+  }
   if (r.memory) {
     out.push("");
     out.push(...render([

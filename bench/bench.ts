@@ -13,10 +13,13 @@
  *  3. GEMV bandwidth: each matmul of a one-sequence decode on the wasm backend
  *     (weights streamed from memory at M = 1) in GB/s, beside numpy's f32
  *     GEMV over 512 MiB as what this machine's memory delivers;
- *  4. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
+ *  4. steps that overlap on WebGPU: async scheduling against one step at a time
+ *     at 64 and 256 sequences (real shapes on a GPU, the tiny model on a CPU adapter);
+ *  5. host memory of a 50k- and a 200k-line batch (max_tokens 1) on the tiny model.
  * It prints one table and writes every figure to bench/results.json.
  *
- * Flags: --quick (smaller runs), --skip=kernels,bandwidth,e2e,peer,native,memory,structured,
+ * Flags: --quick (smaller runs),
+ * --skip=kernels,bandwidth,e2e,peer,native,overlap,memory,structured,
  * --native (build native llama.cpp from node-llama-cpp's bundled source when no build is there),
  * --backend=auto|webgpu|wasm (the end-to-end backend; default auto),
  * --peer-threads=N (node-llama-cpp's threads; default its cpuMathCores, the physical cores).
@@ -50,6 +53,7 @@ import { machineFacts } from "./_machine.ts";
 import { type BandwidthFigures, gemvBandwidth, numpyGemvGBs } from "./_bandwidth.ts";
 import { buildNative, haveNative, type NativeFigures, runNative } from "./_native.ts";
 import { printTable } from "./_table.ts";
+import { type OverlapFigures, stepOverlap } from "./_overlap.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -143,7 +147,7 @@ if (!skip.has("kernels")) {
 let ours: OursFigures | null = null;
 let peer: (PeerReport & { error?: undefined }) | { error: string } | null = null;
 let agreement: Record<string, unknown> | null = null;
-if (!skip.has("e2e") || !skip.has("peer") || !skip.has("bandwidth")) {
+if (!skip.has("e2e") || !skip.has("peer") || !skip.has("bandwidth") || !skip.has("overlap")) {
   try {
     await Deno.stat(join(MODEL_DIR, "model.safetensors"));
   } catch {
@@ -238,6 +242,21 @@ if (!skip.has("native") && (flags.native === true || await haveNative())) {
   console.log(
     "native llama.cpp: no build in bench/tmp/llama.cpp (`deno task bench --native` builds one)",
   );
+}
+
+// --- 2c. steps that overlap on WebGPU (async scheduling) against one step at a time ---
+let overlap: OverlapFigures | null = null;
+if (!skip.has("overlap")) {
+  overlap = await stepOverlap(MODEL_DIR, TINY_DIR, workload, quick);
+  if ("skipped" in overlap) console.log(`steps overlap: skipped (${overlap.skipped})`);
+  else {
+    console.log(
+      `steps overlap on ${overlap.adapter} (${overlap.model}): ` +
+        overlap.rows.map((r) =>
+          `${r.async.tokensPerSecond} vs ${r.oneStepAtATime.tokensPerSecond} tok/s at ${r.sequences}`
+        ).join(", "),
+    );
+  }
 }
 
 /**
@@ -355,6 +374,7 @@ const results = {
         native.rows.find((r) => r.sequences === workload.sequences)!.tokensPerSecond).toFixed(3)
       : null,
   },
+  overlap,
   memory,
   structuredOutput,
 };
