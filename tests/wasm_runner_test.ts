@@ -346,3 +346,57 @@ Deno.test("a wasm engine with profile: true times every op of every step, tokens
     await engine.close();
   }
 });
+
+Deno.test("wasm attention: a prompt's rows are bit-identical in one step, in chunks and token by token, for several head layouts", async () => {
+  const tokenizer = buildTokenizerFiles();
+  // (query heads, KV heads, head_dim): prefill blocks of 16, 4, 32 and 10 tokens (a last
+  // row group of 2), head_dim a multiple of 8, of 4 only, and not of 4 (no blocks).
+  const layouts = [[4, 2, 32], [8, 1, 16], [3, 3, 12], [6, 2, 8], [2, 1, 10]] as const;
+  for (const [heads, kvHeads, headDim] of layouts) {
+    const dir = await Deno.makeTempDir({ prefix: "batchwright-wasm-attn-" });
+    await makeModelDir(dir, {
+      hidden_size: 24,
+      num_attention_heads: heads,
+      num_key_value_heads: kvHeads,
+      head_dim: headDim,
+      intermediate_size: 40,
+      num_hidden_layers: 2,
+    }, { seed: heads * 31 + headDim, tokenizer });
+    const runner = await makeWasmRunner(dir, { blockSize: 4 });
+    const H = runner.shape.hiddenSize;
+    const r = rng(headDim);
+    // 70 tokens: the last 64-key chunk is one that tokens of one block see in part.
+    const prompt = Array.from({ length: 70 }, () => 300 + Math.floor(r() * 1500));
+    const blockTable = Array.from({ length: 18 }, (_, i) => (i * 7) % 64);
+    const rows = async (sizes: number[]) => {
+      const out: number[] = [];
+      let start = 0;
+      for (const n of sizes) {
+        const res = await runner.step([{
+          tokens: prompt.slice(start, start + n),
+          start,
+          blockTable,
+          output: "hidden-all",
+        }], false);
+        out.push(...res.hidden!);
+        start += n;
+      }
+      return out;
+    };
+    const whole = await rows([70]);
+    const label = `${heads} heads, ${kvHeads} KV heads, head_dim ${headDim}`;
+    assertEquals(await rows([7, 7, 7, 7, 7, 7, 7, 7, 7, 7]), whole, `${label}: chunks of 7`);
+    assertEquals(await rows([3, 61, 6]), whole, `${label}: chunks of 3, 61 and 6`);
+    assertEquals(await rows(new Array(70).fill(1)), whole, `${label}: token by token`);
+    const ref = await ReferenceModel.load(dir);
+    for (const t of [0, 9, 63, 64, 69]) {
+      const err = relError(
+        new Float32Array(whole.slice(t * H, (t + 1) * H)),
+        ref.hidden(prompt.slice(0, t + 1)),
+      );
+      assert(err < 1e-3, `${label}, row ${t}: relative error ${err}`);
+    }
+    runner.destroy();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

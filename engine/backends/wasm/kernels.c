@@ -149,8 +149,12 @@ static inline int claim(Model *m, u32 n, u32 chunk, u32 *lo, u32 *hi) {
 
 // ---------------------------------------------------------------- math
 
-// exp(x) for f32 lanes: 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2 (Cephes expf polynomial).
+// exp(x) for f32 lanes: 2^n · p(r), r = x − n·ln2, |r| ≤ ln2/2 (Cephes expf polynomial);
+// 0 below −87 (e^−87 ≈ 1.6e−38, the bottom of the normal range): products of such tiny
+// weights are subnormal, and x86 takes a slow path for every one of them (softmax over
+// a long context made attention 5–10× slower).
 static inline v128_t vexp(v128_t x) {
+  const v128_t tiny = wasm_f32x4_lt(x, wasm_f32x4_splat(-87.0f));
   x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-87.0f)), wasm_f32x4_splat(88.0f));
   v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
   v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
@@ -164,7 +168,7 @@ static inline v128_t vexp(v128_t x) {
   p = wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(p, r), r), r);
   p = wasm_f32x4_add(p, wasm_f32x4_splat(1.0f));
   v128_t e = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
-  return wasm_f32x4_mul(p, e);
+  return wasm_v128_andnot(wasm_f32x4_mul(p, e), tiny);
 }
 
 static inline float sexp(float x) { return wasm_f32x4_extract_lane(vexp(wasm_f32x4_splat(x)), 0); }
@@ -535,13 +539,46 @@ static void accumulate(float *a, const float *p, const float *const *v, u32 n, u
   }
 }
 
+// One online-softmax step of a row over a chunk of n scores: turns the scores into
+// weights against the new running max, folds their sum into *sum, and returns the
+// factor the row's earlier value sums must be scaled by.
+static float chunk_softmax(float *sh, u32 n, float *mx, float *sum) {
+  // The chunk's max and the sum of its weights, four lanes at a time, then the tail.
+  v128_t m4 = wasm_f32x4_splat(*mx);
+  u32 j = 0;
+  for (; j + 4 <= n; j += 4) m4 = wasm_f32x4_pmax(m4, wasm_v128_load(sh + j));
+  float lanes[4];
+  wasm_v128_store(lanes, m4);
+  float mnew = lanes[0];
+  for (int lane = 1; lane < 4; lane++) mnew = lanes[lane] > mnew ? lanes[lane] : mnew;
+  for (; j < n; j++) mnew = sh[j] > mnew ? sh[j] : mnew;
+  const v128_t mv = wasm_f32x4_splat(mnew);
+  v128_t t4 = wasm_f32x4_splat(0);
+  for (j = 0; j + 4 <= n; j += 4) {
+    v128_t e = vexp(wasm_f32x4_sub(wasm_v128_load(sh + j), mv));
+    wasm_v128_store(sh + j, e);
+    t4 = wasm_f32x4_add(t4, e);
+  }
+  float total = (wasm_f32x4_extract_lane(t4, 0) + wasm_f32x4_extract_lane(t4, 1)) +
+                (wasm_f32x4_extract_lane(t4, 2) + wasm_f32x4_extract_lane(t4, 3));
+  for (; j < n; j++) {
+    sh[j] = sexp(sh[j] - mnew);
+    total += sh[j];
+  }
+  float corr = sexp(*mx - mnew);
+  *sum = *sum * corr + total;
+  *mx = mnew;
+  return corr;
+}
+
 // Causal attention of one token for all query heads of one KV head, in chunks of
 // CHUNK keys with an online softmax; keys read through the sequence's block table.
 // Each key's scores are taken for eight heads at once and each head's values are
 // summed with its accumulator in registers; every sum runs in the same order as one
 // head and one key at a time, so a token's result is bit-identical however it is
 // batched, decoded or prefilled.
-static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
+static __attribute__((noinline)) void attend(Model *m, const Layer *l, u32 i, u32 g,
+                                             float *scratch) {
   u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, G = HQ / HKV;
   u32 width = (HQ + 2 * HKV) * D;
   float *q = scratch;             // (G, D) scaled queries; (D / 4, G, 4) when D % 4 == 0
@@ -588,31 +625,7 @@ static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
     }
     for (u32 h = 0; h < G; h++) {
       float *sh = s + h * CHUNK;
-      // The chunk's max and the sum of its weights, four lanes at a time, then the tail.
-      v128_t m4 = wasm_f32x4_splat(mx[h]);
-      u32 j = 0;
-      for (; j + 4 <= n; j += 4) m4 = wasm_f32x4_pmax(m4, wasm_v128_load(sh + j));
-      float lanes[4];
-      wasm_v128_store(lanes, m4);
-      float mnew = lanes[0];
-      for (int lane = 1; lane < 4; lane++) mnew = lanes[lane] > mnew ? lanes[lane] : mnew;
-      for (; j < n; j++) mnew = sh[j] > mnew ? sh[j] : mnew;
-      const v128_t mv = wasm_f32x4_splat(mnew);
-      v128_t t4 = wasm_f32x4_splat(0);
-      for (j = 0; j + 4 <= n; j += 4) {
-        v128_t e = vexp(wasm_f32x4_sub(wasm_v128_load(sh + j), mv));
-        wasm_v128_store(sh + j, e);
-        t4 = wasm_f32x4_add(t4, e);
-      }
-      float total = (wasm_f32x4_extract_lane(t4, 0) + wasm_f32x4_extract_lane(t4, 1)) +
-                    (wasm_f32x4_extract_lane(t4, 2) + wasm_f32x4_extract_lane(t4, 3));
-      for (; j < n; j++) {
-        sh[j] = sexp(sh[j] - mnew);
-        total += sh[j];
-      }
-      float corr = sexp(mx[h] - mnew);
-      sum[h] = sum[h] * corr + total;
-      mx[h] = mnew;
+      float corr = chunk_softmax(sh, n, mx + h, sum + h);
       float *a = acc + h * D;
       for (u32 d = 0; d < D; d++) a[d] *= corr;
       accumulate(a, sh, vrow, n, D);
@@ -624,11 +637,194 @@ static void attend(Model *m, const Layer *l, u32 i, u32 g, float *scratch) {
   }
 }
 
+// Query rows per block of prefill tokens (tokens × heads of one KV group).
+enum { BLOCK_ROWS = 32 };
+
+// Prefill tokens per block: as many as fill BLOCK_ROWS rows with the group's heads.
+static inline u32 block_tokens(const Model *m) {
+  u32 G = m->heads / m->kv_heads;
+  return G >= BLOCK_ROWS ? 1 : BLOCK_ROWS / G;
+}
+
+// Scores of R ≤ 4 query rows (D apart at q) against NK ≤ 2 keys, at s[r · CHUNK + c]:
+// each score is four lane sums over d in order, then (l0 + l1) + (l2 + l3), exactly as
+// head_scores sums it, so a row's scores do not depend on its block.
+static inline __attribute__((always_inline)) void scores_tile(const int R, const int NK,
+                                                              const float *q, u32 D,
+                                                              const float *const *k, float *s) {
+  v128_t a[4][2];
+#pragma clang loop unroll(full)
+  for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = wasm_f32x4_splat(0);
+  const float *k0 = k[0], *k1 = k[NK - 1];
+  const float *qp = q;
+  for (u32 d = 0; d < D; d += 4) {
+    v128_t kv0 = wasm_v128_load(k0 + d), kv1 = wasm_v128_load(k1 + d);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < R; r++) {
+      v128_t qv = wasm_v128_load(qp + r * D);
+      a[r][0] = wasm_f32x4_relaxed_madd(qv, kv0, a[r][0]);
+      if (NK > 1) a[r][1] = wasm_f32x4_relaxed_madd(qv, kv1, a[r][1]);
+    }
+    qp += 4;
+    OPAQUE(qp);
+  }
+#pragma clang loop unroll(full)
+  for (int r = 0; r < R; r++) {
+#pragma clang loop unroll(full)
+    for (int c = 0; c < NK; c++) {
+      s[r * CHUNK + c] = (wasm_f32x4_extract_lane(a[r][c], 0) + wasm_f32x4_extract_lane(a[r][c], 1)) +
+                         (wasm_f32x4_extract_lane(a[r][c], 2) + wasm_f32x4_extract_lane(a[r][c], 3));
+    }
+  }
+}
+
+// R ≤ 4 rows' scores against keys [0, n).
+static inline __attribute__((always_inline)) void scores_rows(const int R, const float *q, u32 D,
+                                                              const float *const *k, u32 n,
+                                                              float *s) {
+  u32 j = 0;
+  for (; j + 2 <= n; j += 2) scores_tile(R, 2, q, D, k + j, s + j);
+  if (j < n) scores_tile(R, 1, q, D, k + j, s + j);
+}
+
+// acc[r][d, d + 4·NV) += Σ_{j0 ≤ j < j1} p[r][j] · v[j][d, d + 4·NV) for R ≤ 4 rows (acc D
+// apart, p CHUNK apart), the sums in registers, each element's multiply-adds in key
+// order as `accumulate` does them.
+static inline __attribute__((always_inline)) void pv_tile(const int R, const int NV, float *acc,
+                                                          u32 D, const float *p,
+                                                          const float *const *v, u32 j0, u32 j1,
+                                                          u32 d) {
+  v128_t a[4][2];
+#pragma clang loop unroll(full)
+  for (int r = 0; r < R; r++) {
+#pragma clang loop unroll(full)
+    for (int b = 0; b < NV; b++) a[r][b] = wasm_v128_load(acc + r * D + d + 4 * b);
+  }
+  for (u32 j = j0; j < j1; j++) {
+    const float *vj = v[j] + d;
+    v128_t v0 = wasm_v128_load(vj), v1 = NV > 1 ? wasm_v128_load(vj + 4) : v0;
+#pragma clang loop unroll(full)
+    for (int r = 0; r < R; r++) {
+      v128_t pv = wasm_v128_load32_splat(p + r * CHUNK + j);
+      a[r][0] = wasm_f32x4_relaxed_madd(pv, v0, a[r][0]);
+      if (NV > 1) a[r][1] = wasm_f32x4_relaxed_madd(pv, v1, a[r][1]);
+    }
+  }
+#pragma clang loop unroll(full)
+  for (int r = 0; r < R; r++) {
+#pragma clang loop unroll(full)
+    for (int b = 0; b < NV; b++) wasm_v128_store(acc + r * D + d + 4 * b, a[r][b]);
+  }
+}
+
+// R ≤ 4 rows' value sums over keys [j0, j1) for every d (D a multiple of 4).
+static inline __attribute__((always_inline)) void pv_rows(const int R, float *acc, u32 D,
+                                                          const float *p, const float *const *v,
+                                                          u32 j0, u32 j1) {
+  u32 d = 0;
+  for (; d + 8 <= D; d += 8) pv_tile(R, 2, acc, D, p, v, j0, j1, d);
+  if (d < D) pv_tile(R, 1, acc, D, p, v, j0, j1, d);
+}
+
+// Causal attention of `count` consecutive prefill tokens of one sequence (i0 the first)
+// for all query heads of KV head g: every key is loaded once for the block's rows
+// (tokens × heads) instead of once per token. Each row's scores, softmax steps and
+// value sums are those of `attend`, in the same order, so results are bit-identical to
+// attending token by token (wasm_runner_test.ts checks it).
+static __attribute__((noinline)) void attend_block(Model *m, const Layer *l, u32 i0, u32 count,
+                                                   u32 g, float *scratch) {
+  u32 HQ = m->heads, HKV = m->kv_heads, D = m->head_dim, G = HQ / HKV;
+  u32 R = count * G;
+  u32 width = (HQ + 2 * HKV) * D;
+  float *q = scratch;             // (R, D) scaled queries, row = token · G + head
+  float *acc = q + R * D;         // (R, D)
+  float *s = acc + R * D;         // (R, CHUNK) scores, then weights
+  float *mx = s + R * CHUNK;      // (R) running max
+  float *sum = mx + R;            // (R) running denominator
+  for (u32 c = 0; c < count; c++) {
+    const float *qsrc = m->qkv + (i0 + c) * width + g * G * D;
+    for (u32 x = 0; x < G * D; x++) {
+      q[c * G * D + x] = qsrc[x] * m->attn_scale;
+      acc[c * G * D + x] = 0;
+    }
+  }
+  for (u32 r = 0; r < R; r++) {
+    mx[r] = -3.0e38f;
+    sum[r] = 0;
+  }
+  u32 first = m->positions[i0];  // the block's tokens sit at first, first + 1, ...
+  u32 len = first + count;        // keys the last token sees
+  const u32 *table = m->block_table + m->seq_of[i0] * m->max_blocks;
+  u32 B = m->block_size;
+  const float *krow[CHUNK], *vrow[CHUNK];
+  for (u32 c0 = 0; c0 < len; c0 += CHUNK) {
+    u32 n = len - c0 < CHUNK ? len - c0 : CHUNK;
+    u32 blk = c0 / B, off = c0 % B;
+    for (u32 j = 0; j < n; j++, off++) {
+      if (off == B) {
+        blk++;
+        off = 0;
+      }
+      size_t base = ((size_t)(table[blk] * B + off) * HKV + g) * D;
+      krow[j] = l->k_cache + base;
+      vrow[j] = l->v_cache + base;
+    }
+    u32 r = 0;
+    for (; r + 4 <= R; r += 4) scores_rows(4, q + r * D, D, krow, n, s + r * CHUNK);
+    for (; r < R; r++) scores_rows(1, q + r * D, D, krow, n, s + r * CHUNK);
+    // Row r belongs to token r / G, which sees keys [0, first + r / G]: n_r of this chunk.
+    u32 nr[BLOCK_ROWS];
+    for (r = 0; r < R; r++) {
+      u32 seen = first + r / G + 1;
+      nr[r] = seen <= c0 ? 0 : seen - c0 < n ? seen - c0 : n;
+      if (nr[r] == 0) continue;  // the chunk starts past this token: it never sees it
+      float *sh = s + r * CHUNK;
+      float corr = chunk_softmax(sh, nr[r], mx + r, sum + r);
+      float *a = acc + r * D;
+      for (u32 d = 0; d < D; d++) a[d] *= corr;
+    }
+    // Value sums: four rows together over the keys they all see, then each alone.
+    for (r = 0; r + 4 <= R; r += 4) {
+      u32 lo = nr[r];
+      for (u32 x = 1; x < 4; x++) lo = nr[r + x] < lo ? nr[r + x] : lo;
+      pv_rows(4, acc + r * D, D, s + r * CHUNK, vrow, 0, lo);
+      for (u32 x = 0; x < 4; x++) {
+        if (nr[r + x] > lo) pv_rows(1, acc + (r + x) * D, D, s + (r + x) * CHUNK, vrow, lo, nr[r + x]);
+      }
+    }
+    for (; r < R; r++) pv_rows(1, acc + r * D, D, s + r * CHUNK, vrow, 0, nr[r]);
+  }
+  for (u32 c = 0; c < count; c++) {
+    float *out = m->attn + (i0 + c) * HQ * D + g * G * D;
+    const float *a = acc + c * G * D;
+    for (u32 h = 0; h < G; h++) {
+      for (u32 d = 0; d < D; d++) out[h * D + d] = a[h * D + d] / sum[c * G + h];
+    }
+  }
+}
+
+// Tokens in blocks: a block starts at a sequence's first token in the step and at every
+// position that is a multiple of block_tokens, so blocks (and results) depend on
+// positions alone. Items are (token, KV head); those that start no block are skipped.
 static void attention(Model *m, u32 t, const Layer *l) {
   u32 tasks = m->tokens * m->kv_heads;
   float *scratch = m->scratch + t * m->scratch_floats;
+  u32 TB = m->head_dim % 4 == 0 ? block_tokens(m) : 1;
   for (u32 lo, hi; claim(m, tasks, 1, &lo, &hi);) for (u32 x = lo; x < hi; x++) {
-    attend(m, l, x / m->kv_heads, x % m->kv_heads, scratch);
+    u32 i = x / m->kv_heads, g = x % m->kv_heads;
+    if (TB == 1) {
+      attend(m, l, i, g, scratch);
+      continue;
+    }
+    int starts = i == 0 || m->seq_of[i - 1] != m->seq_of[i] || m->positions[i] % TB == 0;
+    if (!starts) continue;
+    u32 count = 1;
+    while (count < TB && i + count < m->tokens && m->seq_of[i + count] == m->seq_of[i] &&
+           m->positions[i + count] % TB != 0) {
+      count++;
+    }
+    if (count == 1) attend(m, l, i, g, scratch);
+    else attend_block(m, l, i, count, g, scratch);
   }
 }
 
