@@ -539,6 +539,23 @@ static void accumulate(float *a, const float *p, const float *const *v, u32 n, u
   }
 }
 
+// Where keys [c0, c0 + n) of KV head g sit in the cache, through a sequence's block table:
+// consecutive keys, so one table lookup per block rather than a division per key.
+static inline void chunk_rows(const Model *m, const Layer *l, const u32 *table, u32 g, u32 c0,
+                              u32 n, const float **krow, const float **vrow) {
+  u32 B = m->block_size, HKV = m->kv_heads, D = m->head_dim;
+  u32 blk = c0 / B, off = c0 % B;
+  for (u32 j = 0; j < n; j++, off++) {
+    if (off == B) {
+      blk++;
+      off = 0;
+    }
+    size_t base = ((size_t)(table[blk] * B + off) * HKV + g) * D;
+    krow[j] = l->k_cache + base;
+    vrow[j] = l->v_cache + base;
+  }
+}
+
 // One online-softmax step of a row over a chunk of n scores: turns the scores into
 // weights against the new running max, folds their sum into *sum, and returns the
 // factor the row's earlier value sums must be scaled by.
@@ -600,20 +617,12 @@ static __attribute__((noinline)) void attend(Model *m, const Layer *l, u32 i, u3
   }
   u32 len = m->positions[i] + 1;
   const u32 *table = m->block_table + m->seq_of[i] * m->max_blocks;
-  u32 B = m->block_size;
-  const float *vrow[CHUNK];
+  const float *krow[CHUNK], *vrow[CHUNK];
   for (u32 c0 = 0; c0 < len; c0 += CHUNK) {
     u32 n = len - c0 < CHUNK ? len - c0 : CHUNK;
-    // Consecutive keys: one block-table lookup per block, not a division per key.
-    u32 blk = c0 / B, off = c0 % B;
-    for (u32 j = 0; j < n; j++, off++) {
-      if (off == B) {
-        blk++;
-        off = 0;
-      }
-      size_t base = ((size_t)(table[blk] * B + off) * HKV + g) * D;
-      const float *k = l->k_cache + base;
-      vrow[j] = l->v_cache + base;
+    chunk_rows(m, l, table, g, c0, n, krow, vrow);
+    for (u32 j = 0; j < n; j++) {
+      const float *k = krow[j];
       u32 h = 0;
       if (simd) {
         for (; h + 8 <= G; h += 8) head_scores(8, q + 4 * h, G, D, k, s + h * CHUNK + j);
@@ -755,20 +764,10 @@ static __attribute__((noinline)) void attend_block(Model *m, const Layer *l, u32
   u32 first = m->positions[i0];  // the block's tokens sit at first, first + 1, ...
   u32 len = first + count;        // keys the last token sees
   const u32 *table = m->block_table + m->seq_of[i0] * m->max_blocks;
-  u32 B = m->block_size;
   const float *krow[CHUNK], *vrow[CHUNK];
   for (u32 c0 = 0; c0 < len; c0 += CHUNK) {
     u32 n = len - c0 < CHUNK ? len - c0 : CHUNK;
-    u32 blk = c0 / B, off = c0 % B;
-    for (u32 j = 0; j < n; j++, off++) {
-      if (off == B) {
-        blk++;
-        off = 0;
-      }
-      size_t base = ((size_t)(table[blk] * B + off) * HKV + g) * D;
-      krow[j] = l->k_cache + base;
-      vrow[j] = l->v_cache + base;
-    }
+    chunk_rows(m, l, table, g, c0, n, krow, vrow);
     u32 r = 0;
     for (; r + 4 <= R; r += 4) scores_rows(4, q + r * D, D, krow, n, s + r * CHUNK);
     for (; r < R; r++) scores_rows(1, q + r * D, D, krow, n, s + r * CHUNK);
