@@ -84,7 +84,7 @@ export class ModelRunner implements Runner {
    * being read (the second is made by the first step that follows another in flight).
    */
   readonly #staging: GPUBuffer[];
-  #stagingBytes: number;
+  readonly #stagingBytes: number;
   /** Which of `#staging` (and of the host's `results`) the step last started reads through. */
   #parity = 0;
   /** Whether the last step left every sample row's id in `buffers.sampled` (feedsNextStep). */
