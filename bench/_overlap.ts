@@ -53,8 +53,8 @@ export async function stepOverlap(
       ignoreEos: true,
     };
     const ids = prompts(PHASE.headline, n, w.promptTokens);
-    const best: Record<"on" | "off", (RunFigures & { overlappedSteps: number; steps: number })> =
-      {} as never;
+    type Figures = RunFigures & { overlappedSteps: number; steps: number };
+    const best: Partial<Record<"on" | "off", Figures>> = {};
     for (let rep = 0; rep < 2; rep++) {
       for (const mode of ["on", "off"] as const) {
         const engine = await Engine.load(dir, {
@@ -81,18 +81,22 @@ export async function stepOverlap(
             overlappedSteps: engine.stats.overlappedSteps - before.overlappedSteps,
             steps: engine.stats.steps - before.steps,
           };
-          if (!(best[mode]?.tokensPerSecond >= run.tokensPerSecond)) best[mode] = figures;
+          const kept = best[mode];
+          if (kept === undefined || run.tokensPerSecond > kept.tokensPerSecond) {
+            best[mode] = figures;
+          }
         } finally {
           await engine.close();
         }
       }
     }
-    const { overlappedSteps: _o, steps: _s, ...off } = best.off;
+    const on = best.on!;
+    const { overlappedSteps: _o, steps: _s, ...off } = best.off!;
     rows.push({
       sequences: n,
-      async: best.on,
+      async: on,
       oneStepAtATime: off,
-      asyncOverOneStepAtATime: +(best.on.tokensPerSecond / off.tokensPerSecond).toFixed(2),
+      asyncOverOneStepAtATime: +(on.tokensPerSecond / off.tokensPerSecond).toFixed(2),
     });
   }
   return {
